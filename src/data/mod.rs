@@ -1,0 +1,20 @@
+//! Preference data: the pair record every method trains on, one converter per source format,
+//! the train/test split and the `prepare` pipeline that ties them together.
+
+pub mod anthropic;
+pub mod convert;
+pub mod dahoas;
+pub mod error;
+pub mod hellaswag;
+pub mod io;
+pub mod oasst;
+pub mod prepare;
+pub mod record;
+pub mod shp;
+pub mod split;
+
+pub use error::RecordError;
+pub use record::{read_pairs, PairRecord};
+
+/// The five domains of the paper, in its table order.
+pub const DOMAINS: [&str; 5] = ["anthropic", "shp", "hellaswag", "dahoas", "oasst"];

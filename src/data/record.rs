@@ -1,0 +1,44 @@
+//! The pair record of DESIGN.md: one JSON object per line of a prepared `train.jsonl`/`test.jsonl`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{At, RecordError};
+use super::io::read_lines;
+
+/// One preference pair: for `prompt`, `chosen` is preferred over `rejected`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairRecord {
+    pub id: String,
+    pub domain: String,
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+    /// Capability-point preferences (+1 chosen better, -1 rejected better, 0 tie) where the source has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aspects: Option<BTreeMap<String, i8>>,
+}
+
+/// Reads a prepared pair file; a bad line is an error naming the file and the line.
+pub fn read_pairs(path: &Path) -> Result<Vec<PairRecord>, RecordError> {
+    let mut pairs = Vec::new();
+    for line in read_lines(path)? {
+        let (number, text) = line?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let at = At { file: path, line: number };
+        let record: PairRecord =
+            serde_json::from_str(&text).map_err(|e| at.err(None, format!("not a pair record: {e}")))?;
+        for (field, value) in [("prompt", &record.prompt), ("chosen", &record.chosen), ("rejected", &record.rejected)] {
+            if value.trim().is_empty() {
+                return Err(at.err(Some(field), "empty text"));
+            }
+        }
+        pairs.push(record);
+    }
+    Ok(pairs)
+}
