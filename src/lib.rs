@@ -3,4 +3,9 @@
 //! Data flows one way: raw files → [`data::prepare`] → pair JSONL → batches → model → rewards →
 //! metrics → tables.
 
+pub mod backbone;
 pub mod data;
+pub mod heads;
+pub mod lora;
+pub mod model;
+pub mod nn;

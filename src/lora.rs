@@ -1,0 +1,211 @@
+//! LoRA (Hu et al. 2021) inside a linear layer: `y = x·Wᵀ + b + (alpha/r)·(drop(x)·Aᵀ)·Bᵀ` with a frozen
+//! `W` and any number of named adapters `(A, B)`; one adapter for a batch, or one per row in a single
+//! pass (ARLISS switches reward adapters per input).
+//!
+//! Adapters are saved in PEFT's layout (`adapter_config.json`, `adapter_model.safetensors` with
+//! `base_model.model.<module path>.lora_A.weight`), so Python PEFT loads what rmroute writes.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::nn::{linear, Adapters, Ctx};
+
+/// The PEFT `adapter_config.json` fields rmroute uses (other PEFT fields are written with their defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    #[serde(rename = "r")]
+    pub rank: usize,
+    #[serde(rename = "lora_alpha")]
+    pub alpha: f64,
+    #[serde(rename = "lora_dropout", default)]
+    pub dropout: f32,
+    /// Module names (the last path component, e.g. `query_proj`, `dense`) that get the adapter.
+    pub target_modules: Vec<String>,
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    /// True when the module at `path` is targeted (PEFT matches on the last components of the name).
+    pub fn targets(&self, path: &str) -> bool {
+        self.target_modules.iter().any(|t| path == t || path.ends_with(&format!(".{t}")))
+    }
+}
+
+/// The prefix PEFT puts before module paths in adapter files.
+pub const PEFT_PREFIX: &str = "base_model.model";
+
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    /// `(r, in)`.
+    pub a: Tensor,
+    /// `(out, r)`.
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout: f32,
+}
+
+impl Adapter {
+    /// `scale·B·A`, the adapter's change to the weight.
+    pub fn delta_weight(&self) -> Result<Tensor> {
+        self.b.matmul(&self.a)? * self.scale
+    }
+}
+
+/// A linear layer with a frozen base weight and named LoRA adapters.
+#[derive(Debug, Clone)]
+pub struct LoraLinear {
+    /// The module path in the Hugging Face model (`deberta.encoder.layer.0.attention.self.query_proj`).
+    pub path: String,
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    adapters: BTreeMap<String, Adapter>,
+}
+
+impl LoraLinear {
+    pub fn new(path: impl Into<String>, weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { path: path.into(), weight, bias, adapters: BTreeMap::new() }
+    }
+
+    /// Loads `weight` (and `bias` when `with_bias`) at `vb`'s path.
+    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, with_bias: bool) -> Result<Self> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = if with_bias { Some(vb.get(out_dim, "bias")?) } else { None };
+        Ok(Self::new(vb.prefix(), weight, bias))
+    }
+
+    pub fn in_dim(&self) -> usize {
+        self.weight.dims()[1]
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// Adds adapter `name`: `A` and `B` come from `vb` (rooted where PEFT keys start) under
+    /// `base_model.model.<path>.lora_{A,B}.weight`; new ones start as PEFT does (A ~ U(±1/√in), B = 0).
+    pub fn add_adapter(&mut self, name: &str, config: &LoraConfig, vb: &VarBuilder) -> Result<()> {
+        let vb = vb.pp(format!("{PEFT_PREFIX}.{}", self.path));
+        let bound = 1.0 / (self.in_dim() as f64).sqrt();
+        let a = vb.pp("lora_A").get_with_hints(
+            (config.rank, self.in_dim()),
+            "weight",
+            candle_nn::Init::Uniform { lo: -bound, up: bound },
+        )?;
+        let b = vb.pp("lora_B").get_with_hints((self.out_dim(), config.rank), "weight", candle_nn::init::ZERO)?;
+        self.adapters.insert(name.to_string(), Adapter { a, b, scale: config.scale(), dropout: config.dropout });
+        Ok(())
+    }
+
+    pub fn adapter(&self, name: &str) -> Option<&Adapter> {
+        self.adapters.get(name)
+    }
+
+    pub fn adapter_names(&self) -> impl Iterator<Item = &String> {
+        self.adapters.keys()
+    }
+
+    pub fn remove_adapter(&mut self, name: &str) -> Option<Adapter> {
+        self.adapters.remove(name)
+    }
+
+    /// The base weight with adapter `name` folded in: `W + (alpha/r)·B·A`.
+    pub fn merged_weight(&self, name: &str) -> Result<Tensor> {
+        match self.adapters.get(name) {
+            Some(adapter) => self.weight.add(&adapter.delta_weight()?),
+            None => Ok(self.weight.clone()),
+        }
+    }
+
+    /// Folds adapter `name` into the base weight and drops it, for export.
+    pub fn merge(&mut self, name: &str) -> Result<()> {
+        self.weight = self.merged_weight(name)?.detach();
+        self.adapters.remove(name);
+        Ok(())
+    }
+
+    pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let base = linear(x, &self.weight, self.bias.as_ref())?;
+        match &ctx.adapters {
+            Adapters::None => Ok(base),
+            Adapters::One(name) => match self.adapters.get(name) {
+                Some(adapter) => {
+                    let x = ctx.dropout(x, adapter.dropout)?;
+                    base + (linear(&linear(&x, &adapter.a, None)?, &adapter.b, None)? * adapter.scale)?
+                }
+                None => Ok(base),
+            },
+            Adapters::PerRow(names) => base + self.per_row_delta(x, names, ctx)?,
+        }
+    }
+
+    /// The adapter contribution when each batch row has its own adapter: the rows' `A` and `B` are
+    /// gathered from a stack of all adapters in use (ranks zero-padded to the largest), so the whole batch
+    /// is one batched matmul. Rows with no adapter (or one this layer lacks) get scale 0.
+    fn per_row_delta(&self, x: &Tensor, names: &[Option<String>], ctx: &Ctx) -> Result<Tensor> {
+        let (batch, seq, _) = x.dims3()?;
+        if names.len() != batch {
+            candle_core::bail!("{} adapter names for a batch of {batch}", names.len());
+        }
+        let used: Vec<&String> = {
+            let mut used: Vec<&String> =
+                names.iter().flatten().filter(|n| self.adapters.contains_key(n.as_str())).collect();
+            used.sort();
+            used.dedup();
+            used
+        };
+        if used.is_empty() {
+            return Tensor::zeros((batch, seq, self.out_dim()), x.dtype(), x.device());
+        }
+        let max_rank = used.iter().map(|n| self.adapters[n.as_str()].a.dims()[0]).max().unwrap_or(0);
+        let mut a_stack = Vec::with_capacity(used.len());
+        let mut b_stack = Vec::with_capacity(used.len());
+        for name in &used {
+            let adapter = &self.adapters[name.as_str()];
+            let pad = max_rank - adapter.a.dims()[0];
+            a_stack.push(adapter.a.pad_with_zeros(0, 0, pad)?);
+            b_stack.push(adapter.b.pad_with_zeros(1, 0, pad)?);
+        }
+        let a_stack = Tensor::stack(&a_stack, 0)?; // (k, r, in)
+        let b_stack = Tensor::stack(&b_stack, 0)?; // (k, out, r)
+        let mut index = Vec::with_capacity(batch);
+        let mut scale = Vec::with_capacity(batch);
+        let mut dropout = 0f32;
+        for name in names {
+            match name.as_ref().and_then(|n| used.iter().position(|u| *u == n)) {
+                Some(i) => {
+                    let adapter = &self.adapters[used[i].as_str()];
+                    index.push(i as u32);
+                    scale.push(adapter.scale as f32);
+                    dropout = dropout.max(adapter.dropout);
+                }
+                None => {
+                    index.push(0);
+                    scale.push(0.0);
+                }
+            }
+        }
+        let index = Tensor::new(index, x.device())?;
+        let a_rows = a_stack.index_select(&index, 0)?; // (b, r, in)
+        let b_rows = b_stack.index_select(&index, 0)?; // (b, out, r)
+        let scale = Tensor::from_vec(scale, (batch, 1, 1), x.device())?.to_dtype(x.dtype())?;
+        let x = ctx.dropout(x, dropout)?;
+        let hidden = x.matmul(&a_rows.transpose(1, 2)?.contiguous()?)?;
+        hidden.matmul(&b_rows.transpose(1, 2)?.contiguous()?)?.broadcast_mul(&scale)
+    }
+}
+
+impl Module for LoraLinear {
+    /// The base layer alone (no adapter, evaluation).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+/// The dtype adapters are kept in: f32, since bf16 variables lose small updates (STYLE.md §8).
+pub const ADAPTER_DTYPE: DType = DType::F32;

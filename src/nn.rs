@@ -1,0 +1,152 @@
+//! Small building blocks shared by every model: the forward context (train/eval, seeded dropout, which
+//! LoRA adapters are active), a LayerNorm with a backward pass, and gelu.
+//!
+//! NOTE: candle 0.11.1's fused `LayerNorm` and `softmax_last_dim` pass no gradient (STYLE.md §8), so
+//! everything here is composed of ops that have one.
+
+use std::cell::RefCell;
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::VarBuilder;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// Which LoRA adapters a forward pass uses.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Adapters {
+    /// The base weights alone.
+    #[default]
+    None,
+    /// One adapter for the whole batch.
+    One(String),
+    /// One adapter (or none) per batch row, applied in a single pass.
+    PerRow(Vec<Option<String>>),
+}
+
+/// State a forward pass needs besides the inputs.
+pub struct Ctx {
+    pub train: bool,
+    pub adapters: Adapters,
+    /// Seeded host RNG for dropout masks (`Device::Cpu.set_seed` fails in candle 0.11.1).
+    rng: RefCell<StdRng>,
+}
+
+impl Ctx {
+    /// Evaluation: no dropout.
+    pub fn eval() -> Self {
+        Self { train: false, adapters: Adapters::None, rng: RefCell::new(StdRng::seed_from_u64(0)) }
+    }
+
+    /// Training: dropout active, masks drawn from `seed`.
+    pub fn train(seed: u64) -> Self {
+        Self { train: true, adapters: Adapters::None, rng: RefCell::new(StdRng::seed_from_u64(seed)) }
+    }
+
+    pub fn with_adapters(mut self, adapters: Adapters) -> Self {
+        self.adapters = adapters;
+        self
+    }
+
+    /// The RNG's state, for checkpoints.
+    pub fn rng_state(&self) -> StdRng {
+        self.rng.borrow().clone()
+    }
+
+    pub fn set_rng_state(&self, rng: StdRng) {
+        *self.rng.borrow_mut() = rng;
+    }
+
+    /// Inverted dropout with probability `p`, active only in training.
+    pub fn dropout(&self, x: &Tensor, p: f32) -> Result<Tensor> {
+        if !self.train || p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - p;
+        let n = x.elem_count();
+        let mut rng = self.rng.borrow_mut();
+        let mask: Vec<f32> = (0..n).map(|_| if rng.random::<f32>() < keep { 1.0 / keep } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x * mask
+    }
+}
+
+/// LayerNorm over the last dimension, composed of differentiable ops.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
+        Self { weight, bias, eps }
+    }
+
+    pub fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self::new(
+            vb.get_with_hints(size, "weight", candle_nn::init::ONE)?,
+            vb.get_with_hints(size, "bias", candle_nn::init::ZERO)?,
+            eps,
+        ))
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let x = x.to_dtype(DType::F32)?;
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centered = x.broadcast_sub(&mean)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+        normed.to_dtype(dtype)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+/// A plain linear layer `x·Wᵀ + b` for layers that never take LoRA (heads, poolers).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `weight` and `bias`; missing ones (a fresh head) are initialised as transformers does:
+    /// normal(0, `init_std`) weights, zero bias.
+    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, init_std: f64) -> Result<Self> {
+        let weight =
+            vb.get_with_hints((out_dim, in_dim), "weight", candle_nn::Init::Randn { mean: 0.0, stdev: init_std })?;
+        let bias = vb.get_with_hints(out_dim, "bias", candle_nn::init::ZERO)?;
+        Ok(Self { weight, bias: Some(bias) })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        linear(x, &self.weight, self.bias.as_ref())
+    }
+}
+
+/// `x·Wᵀ + b` for inputs of any rank.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let y = match x.dims() {
+        [b, l, _] => x.broadcast_matmul(&weight.t()?.broadcast_left(*b)?)?.reshape((*b, *l, ()))?,
+        _ => x.matmul(&weight.t()?)?,
+    };
+    match bias {
+        Some(bias) => y.broadcast_add(bias),
+        None => Ok(y),
+    }
+}
+
+/// The activations of Hugging Face configs that our encoders accept.
+pub fn activation(name: &str, x: &Tensor) -> Result<Tensor> {
+    match name {
+        "gelu" => x.gelu_erf(),
+        "gelu_new" | "gelu_pytorch_tanh" => x.gelu(),
+        "relu" => x.relu(),
+        "tanh" => x.tanh(),
+        other => candle_core::bail!("unsupported activation `{other}` (expected gelu, gelu_new, relu or tanh)"),
+    }
+}
