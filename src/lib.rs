@@ -9,3 +9,4 @@ pub mod heads;
 pub mod lora;
 pub mod model;
 pub mod nn;
+pub mod train;

@@ -209,3 +209,111 @@ impl Module for LoraLinear {
 
 /// The dtype adapters are kept in: f32, since bf16 variables lose small updates (STYLE.md §8).
 pub const ADAPTER_DTYPE: DType = DType::F32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backbone::params::ParamStore;
+    use candle_core::Device;
+    use std::collections::HashMap;
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        Tensor::from_vec((0..n).map(|_| rng.random::<f32>() - 0.5).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap()
+    }
+
+    fn config(rank: usize, alpha: f64) -> LoraConfig {
+        LoraConfig { rank, alpha, dropout: 0.0, target_modules: vec!["q".into()] }
+    }
+
+    /// A layer with adapters whose A and B are random (B = 0 at init would hide mistakes).
+    fn layer_with(adapters: &[(&str, usize, f64, u64)]) -> LoraLinear {
+        let mut layer = LoraLinear::new("enc.q", rand(&[6, 5], 1), Some(rand(&[6], 2)));
+        for &(name, rank, alpha, seed) in adapters {
+            let mut t = HashMap::new();
+            t.insert(format!("{PEFT_PREFIX}.enc.q.lora_A.weight"), rand(&[rank, 5], seed));
+            t.insert(format!("{PEFT_PREFIX}.enc.q.lora_B.weight"), rand(&[6, rank], seed + 100));
+            let store = ParamStore::from_tensors(t, name, false);
+            layer.add_adapter(name, &config(rank, alpha), &store.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        }
+        layer
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    #[test]
+    fn forward_equals_explicit_weight_plus_scaled_ba() {
+        let layer = layer_with(&[("x", 3, 12.0, 7)]);
+        let x = rand(&[2, 4, 5], 9);
+        let adapter = layer.adapter("x").unwrap();
+        // W + (alpha/r)·B·A written out element by element.
+        let (w, a, b) = (
+            layer.weight.to_vec2::<f32>().unwrap(),
+            adapter.a.to_vec2::<f32>().unwrap(),
+            adapter.b.to_vec2::<f32>().unwrap(),
+        );
+        let mut merged = vec![0f32; 30];
+        for o in 0..6 {
+            for i in 0..5 {
+                let ba: f32 = (0..3).map(|k| b[o][k] * a[k][i]).sum();
+                merged[o * 5 + i] = w[o][i] + (12.0 / 3.0) * ba;
+            }
+        }
+        let merged = Tensor::from_vec(merged, (6, 5), &Device::Cpu).unwrap();
+        let expected =
+            x.broadcast_matmul(&merged.t().unwrap()).unwrap().broadcast_add(layer.bias.as_ref().unwrap()).unwrap();
+        let got = layer.forward(&x, &Ctx::eval().with_adapters(Adapters::One("x".into()))).unwrap();
+        assert!(max_diff(&got, &expected) < 1e-5);
+        // and the adapter really changes the output
+        assert!(max_diff(&got, &Module::forward(&layer, &x).unwrap()) > 1e-2);
+    }
+
+    #[test]
+    fn fresh_adapter_starts_at_the_base_output() {
+        let mut layer = layer_with(&[]);
+        let store = ParamStore::trainable(HashMap::new(), "new", 3);
+        layer.add_adapter("new", &config(4, 8.0), &store.var_builder(DType::F32, &Device::Cpu)).unwrap();
+        let x = rand(&[1, 3, 5], 4);
+        let with = layer.forward(&x, &Ctx::eval().with_adapters(Adapters::One("new".into()))).unwrap();
+        assert_eq!(max_diff(&with, &Module::forward(&layer, &x).unwrap()), 0.0);
+        assert_eq!(store.vars().len(), 2, "A and B are trainable variables");
+    }
+
+    #[test]
+    fn per_row_adapters_equal_running_each_row_alone() {
+        let layer = layer_with(&[("a", 2, 4.0, 11), ("b", 5, 20.0, 21)]);
+        let x = rand(&[4, 3, 5], 5);
+        let names = vec![Some("b".to_string()), None, Some("a".to_string()), Some("b".to_string())];
+        let mixed = layer.forward(&x, &Ctx::eval().with_adapters(Adapters::PerRow(names.clone()))).unwrap();
+        for (row, name) in names.iter().enumerate() {
+            let adapters = name.clone().map(Adapters::One).unwrap_or_default();
+            let alone = layer.forward(&x.narrow(0, row, 1).unwrap(), &Ctx::eval().with_adapters(adapters)).unwrap();
+            assert!(max_diff(&mixed.narrow(0, row, 1).unwrap(), &alone) < 1e-5, "row {row}");
+        }
+    }
+
+    #[test]
+    fn merged_equals_unmerged() {
+        let mut layer = layer_with(&[("x", 3, 6.0, 31)]);
+        let x = rand(&[2, 3, 5], 6);
+        let unmerged = layer.forward(&x, &Ctx::eval().with_adapters(Adapters::One("x".into()))).unwrap();
+        layer.merge("x").unwrap();
+        assert!(layer.adapter("x").is_none());
+        let merged = layer.forward(&x, &Ctx::eval()).unwrap();
+        assert!(max_diff(&merged, &unmerged) < 1e-5);
+    }
+
+    #[test]
+    fn targets_match_peft_suffix_rule() {
+        let c =
+            LoraConfig { rank: 1, alpha: 1.0, dropout: 0.0, target_modules: vec!["query_proj".into(), "dense".into()] };
+        assert!(c.targets("deberta.encoder.layer.0.attention.self.query_proj"));
+        assert!(c.targets("deberta.encoder.layer.0.attention.output.dense"));
+        assert!(!c.targets("deberta.encoder.layer.0.attention.self.value_proj"));
+        assert!(!c.targets("deberta.encoder.layer.0.attention.self.xquery_proj"));
+    }
+}

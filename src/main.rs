@@ -16,10 +16,13 @@ struct Cli {
 enum Command {
     /// Convert raw preference data (anthropic, shp, hellaswag, dahoas, oasst) into pair JSONL.
     Prepare(cli::prepare::PrepareArgs),
+    /// Score pairs or responses with a reward model; one JSON line of rewards per input line.
+    Score(cli::score::ScoreArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Prepare(args) => cli::prepare::run(args),
+        Command::Score(args) => cli::score::run(args),
     }
 }

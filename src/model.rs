@@ -96,7 +96,7 @@ impl RewardModel {
         let (encoder, head, max_positions) = match (bert_config, deberta_config) {
             (Some(cfg), _) => {
                 let head = RewardHead::load_bert(head_vb, &cfg)?;
-                (Encoder::Bert(Bert::load(vb.pp(prefix), &cfg)?), head, cfg.max_position_embeddings)
+                (Encoder::Bert(Box::new(Bert::load(vb.pp(prefix), &cfg)?)), head, cfg.max_position_embeddings)
             }
             (_, Some(cfg)) => {
                 let head = RewardHead::load_deberta(head_vb, &cfg)?;
@@ -379,10 +379,13 @@ impl RewardModel {
         Ok(())
     }
 
-    /// Trainable variables: the encoder's when fully fine-tuned, the base head, and the named adapters'.
+    /// Trainable variables: the encoder's when fully fine-tuned, then the base head when no adapter is
+    /// named, else the named adapters' (each with its own head).
     pub fn trainable_vars(&self, adapters: &[&str]) -> Vec<(String, Var)> {
         let mut vars = self.encoder_store.vars();
-        vars.extend(self.head_store.vars());
+        if adapters.is_empty() {
+            vars.extend(self.head_store.vars());
+        }
         for name in adapters {
             if let Some(entry) = self.adapters.get(*name) {
                 vars.extend(entry.store.vars());

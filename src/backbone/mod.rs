@@ -37,7 +37,7 @@ impl Arch {
 
 /// An encoder of either family.
 pub enum Encoder {
-    Bert(Bert),
+    Bert(Box<Bert>),
     Deberta(Box<Deberta>),
 }
 

@@ -1,3 +1,19 @@
 //! One module per subcommand; `main.rs` only parses and dispatches.
 
 pub mod prepare;
+pub mod score;
+
+use anyhow::{bail, Result};
+use candle_core::Device;
+
+/// `cpu`, `cuda` or `cuda:N`.
+pub fn device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::new_cuda(0)?),
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => Ok(Device::new_cuda(n)?),
+            None => bail!("unknown device `{other}`: expected cpu, cuda or cuda:N"),
+        },
+    }
+}

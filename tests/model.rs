@@ -1,0 +1,255 @@
+//! The reward model as a whole: gradients reach every trainable tensor, adapters survive save/load in
+//! PEFT's layout with their head, merged equals unmerged, and padding never changes a reward.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use rmroute::lora::LoraConfig;
+use rmroute::model::{LoadOptions, RewardModel};
+use rmroute::nn::{Adapters, Ctx};
+use rmroute::train::loss::pairwise_loss;
+
+const PAIRS: [(&str, &str, &str); 3] = [
+    ("w4 w5 w6", "w7 w8", "w9 w10 w11 w12"),
+    ("w13 w14", "w15", "w16 w17"),
+    ("w20 w21 w22 w23 w24 w25", "w26 w27 w28", "w29"),
+];
+
+fn lora() -> LoraConfig {
+    LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.1,
+        target_modules: ["query_proj", "key_proj", "value_proj", "dense", "query", "key", "value"]
+            .map(String::from)
+            .to_vec(),
+    }
+}
+
+fn loss(model: &RewardModel, ctx: &Ctx) -> Tensor {
+    let chosen: Vec<(&str, &str)> = PAIRS.iter().map(|(p, c, _)| (*p, *c)).collect();
+    let rejected: Vec<(&str, &str)> = PAIRS.iter().map(|(p, _, r)| (*p, *r)).collect();
+    let batch = model.encode(&[chosen, rejected].concat()).unwrap();
+    let rewards = model.forward(&batch, ctx).unwrap();
+    let n = PAIRS.len();
+    pairwise_loss(&rewards.narrow(0, 0, n).unwrap(), &rewards.narrow(0, n, n).unwrap()).unwrap()
+}
+
+fn assert_all_grads_nonzero(model: &RewardModel, adapters: &[&str], ctx: &Ctx, expected_min: usize) {
+    let vars = model.trainable_vars(adapters);
+    assert!(vars.len() >= expected_min, "only {} trainable tensors", vars.len());
+    let grads = loss(model, ctx).backward().unwrap();
+    for (name, var) in &vars {
+        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(norm > 0.0, "zero gradient for {name}");
+    }
+}
+
+#[test]
+fn every_trainable_tensor_gets_a_gradient_full_fine_tuning() {
+    for arch in ["deberta", "bert"] {
+        let dir = tempfile::tempdir().unwrap();
+        match arch {
+            "deberta" => common::write_tiny_deberta(dir.path(), 1, &common::TinyDeberta::default()),
+            _ => common::write_tiny_bert(dir.path(), 1, true, true),
+        }
+        let opts = LoadOptions { train_encoder: true, ..Default::default() };
+        let model = RewardModel::load(dir.path(), &opts).unwrap();
+        // Encoder (every layer, norm, embedding table) and head; DeBERTa's 2 layers have 16 tensors each.
+        assert_all_grads_nonzero(&model, &[], &Ctx::train(3), 30);
+    }
+}
+
+#[test]
+fn every_adapter_tensor_and_head_gets_a_gradient_and_the_base_none() {
+    for arch in ["deberta", "bert"] {
+        let dir = tempfile::tempdir().unwrap();
+        match arch {
+            "deberta" => common::write_tiny_deberta(dir.path(), 1, &common::TinyDeberta::default()),
+            _ => common::write_tiny_bert(dir.path(), 1, true, true),
+        }
+        let mut model = RewardModel::load(dir.path(), &LoadOptions::default()).unwrap();
+        model.add_adapter("hh", &lora(), 5).unwrap();
+        // B starts at zero, so A's gradient is zero at the first step: move B off zero first, as one
+        // optimizer step would.
+        for (name, var) in model.trainable_vars(&["hh"]) {
+            if name.contains("lora_B") {
+                var.set(&(var.as_tensor() + 0.01).unwrap()).unwrap();
+            }
+        }
+        let vars = model.trainable_vars(&["hh"]);
+        let names: Vec<&String> = vars.iter().map(|(n, _)| n).collect();
+        assert!(
+            names.iter().all(|n| n.contains("lora_") || n.contains("classifier") || n.contains("pooler")),
+            "{names:?}"
+        );
+        // 2 layers × 6 targeted linears × (A, B), plus the adapter's head (4 tensors).
+        assert_all_grads_nonzero(&model, &["hh"], &Ctx::train(3).with_adapters(Adapters::One("hh".into())), 28);
+    }
+}
+
+#[test]
+fn finite_differences_agree_with_the_pairwise_loss_gradient() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_deberta(dir.path(), 2, &common::TinyDeberta::default());
+    let model = RewardModel::load(dir.path(), &LoadOptions { train_encoder: true, ..Default::default() }).unwrap();
+    let ctx = Ctx::eval();
+    let grads = loss(&model, &ctx).backward().unwrap();
+    let vars = model.trainable_vars(&[]);
+    let mut checked = 0;
+    for (name, var) in vars.iter().filter(|(n, _)| {
+        n.contains("classifier.weight")
+            || n.contains("layer.0.attention.self.query_proj.weight")
+            || n.contains("rel_embeddings")
+            || n.ends_with("encoder.LayerNorm.weight")
+    }) {
+        let analytic = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let original = var.as_tensor().copy().unwrap();
+        let flat = original.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        // the element with the largest gradient, where the check is most sensitive
+        let i = (0..flat.len()).max_by(|&a, &b| analytic[a].abs().total_cmp(&analytic[b].abs())).unwrap();
+        let eps = 1e-2f32;
+        let at = |delta: f32| {
+            let mut v = flat.clone();
+            v[i] += delta;
+            var.set(&Tensor::from_vec(v, original.shape(), &Device::Cpu).unwrap()).unwrap();
+            let l = loss(&model, &ctx).to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+            var.set(&original).unwrap();
+            l
+        };
+        let numeric = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+        let rel = (numeric - analytic[i] as f64).abs() / analytic[i].abs().max(1e-3) as f64;
+        assert!(rel < 2e-2, "{name}[{i}]: numeric {numeric} vs analytic {}", analytic[i]);
+        checked += 1;
+    }
+    assert_eq!(checked, 4);
+}
+
+fn rewards(model: &RewardModel, adapters: &Adapters) -> Vec<f32> {
+    let pairs: Vec<(&str, &str)> = PAIRS.iter().flat_map(|(p, c, r)| [(*p, *c), (*p, *r)]).collect();
+    model.score(&pairs, 8, adapters).unwrap()
+}
+
+fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
+    a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)
+}
+
+/// Gives every adapter tensor of `name` random values, as training would.
+fn perturb_adapter(model: &RewardModel, name: &str) {
+    for (i, (_, var)) in model.trainable_vars(&[name]).iter().enumerate() {
+        let noise = (Tensor::randn(0f32, 0.3, var.as_tensor().shape(), &Device::Cpu).unwrap()
+            * (1.0 + i as f64 * 0.01))
+            .unwrap();
+        var.set(&(var.as_tensor() + noise).unwrap()).unwrap();
+    }
+}
+
+#[test]
+fn peft_adapter_round_trip_is_bit_identical_and_keeps_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_deberta(dir.path(), 3, &common::TinyDeberta { with_head: false, ..Default::default() });
+    let mut model = RewardModel::load(dir.path(), &LoadOptions::default()).unwrap();
+    model.add_adapter("hh", &lora(), 9).unwrap();
+    perturb_adapter(&model, "hh");
+    let before = rewards(&model, &Adapters::One("hh".into()));
+    let out = tempfile::tempdir().unwrap();
+    model.save_adapter("hh", out.path(), "tiny").unwrap();
+
+    let saved = candle_core::safetensors::load(out.path().join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    assert!(saved.contains_key("base_model.model.deberta.encoder.layer.0.attention.self.query_proj.lora_A.weight"));
+    assert!(saved.contains_key("base_model.model.classifier.weight"), "the head is saved with the adapter");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (config["r"].as_u64(), config["lora_alpha"].as_f64(), config["peft_type"].as_str()),
+        (Some(4), Some(8.0), Some("LORA"))
+    );
+
+    // A fresh base (with a different random head) plus the adapter gives the same rewards, bit for bit.
+    let mut reloaded = RewardModel::load(dir.path(), &LoadOptions { seed: 77, ..Default::default() }).unwrap();
+    reloaded.load_adapter(out.path(), "hh", false).unwrap();
+    let again = out.path().join("again");
+    reloaded.save_adapter("hh", &again, "tiny").unwrap();
+    let resaved = candle_core::safetensors::load(again.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(saved.len(), resaved.len());
+    for (k, t) in &saved {
+        let a = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = resaved[k].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{k} changed");
+    }
+    assert_eq!(before, rewards(&reloaded, &Adapters::One("hh".into())));
+    assert_ne!(before, rewards(&reloaded, &Adapters::None), "the adapter matters");
+}
+
+#[test]
+fn merged_adapter_model_saved_as_checkpoint_gives_the_same_rewards() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_bert(dir.path(), 4, false, false);
+    let mut model = RewardModel::load(dir.path(), &LoadOptions::default()).unwrap();
+    model.add_adapter("x", &lora(), 1).unwrap();
+    perturb_adapter(&model, "x");
+    let with_adapter = rewards(&model, &Adapters::One("x".into()));
+    model.merge_adapter("x").unwrap();
+    let merged = rewards(&model, &Adapters::None);
+    assert!(close(&with_adapter, &merged, 1e-4), "{with_adapter:?} vs {merged:?}");
+    let out = tempfile::tempdir().unwrap();
+    model.save_pretrained(out.path()).unwrap();
+    let reloaded = RewardModel::load(out.path(), &LoadOptions { seed: 99, ..Default::default() }).unwrap();
+    assert!(close(&merged, &rewards(&reloaded, &Adapters::None), 1e-6));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+    let tensors = candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(tensors.contains_key("bert.pooler.dense.weight") && tensors.contains_key("classifier.bias"));
+}
+
+#[test]
+fn per_row_adapters_in_the_full_model_equal_each_row_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_deberta(dir.path(), 6, &common::TinyDeberta::default());
+    let mut model = RewardModel::load(dir.path(), &LoadOptions::default()).unwrap();
+    for name in ["a", "b"] {
+        model.add_adapter(name, &lora(), 2).unwrap();
+        perturb_adapter(&model, name);
+    }
+    let pairs: Vec<(&str, &str)> = PAIRS.iter().map(|(p, c, _)| (*p, *c)).collect();
+    let names = vec![Some("b".to_string()), Some("a".to_string()), None];
+    let mixed = model.score(&pairs, 8, &Adapters::PerRow(names.clone())).unwrap();
+    for (i, name) in names.iter().enumerate() {
+        let adapters = name.clone().map(Adapters::One).unwrap_or_default();
+        let alone = model.score(&pairs[i..i + 1], 1, &adapters).unwrap()[0];
+        assert!((mixed[i] - alone).abs() <= 1e-5 * alone.abs().max(1.0), "row {i}: {} vs {alone}", mixed[i]);
+    }
+}
+
+#[test]
+fn a_missing_tensor_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_deberta(dir.path(), 1, &common::TinyDeberta::default());
+    let path = dir.path().join("model.safetensors");
+    let mut tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    tensors.remove("deberta.encoder.layer.1.attention.self.value_proj.bias");
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let err = RewardModel::load(dir.path(), &LoadOptions::default()).err().unwrap();
+    let text = format!("{err:#}");
+    assert!(text.contains("deberta.encoder.layer.1.attention.self.value_proj.bias"), "{text}");
+    std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+    let text = format!("{:#}", RewardModel::load(dir.path(), &LoadOptions::default()).err().unwrap());
+    assert!(text.contains("tokenizer.json or spm.model"), "{text}");
+}
+
+#[test]
+fn a_reward_is_the_same_alone_and_in_a_padded_batch_on_minilm() {
+    let model =
+        RewardModel::load(&common::fetched_model("all-MiniLM-L6-v2"), &LoadOptions { seed: 1, ..Default::default() })
+            .unwrap();
+    let short = ("Is the sky blue?", "Yes.");
+    let long = ("Explain in detail why the sky is blue during the day and red at sunset.", "Because of Rayleigh scattering: shorter wavelengths scatter more strongly in the atmosphere, so blue light reaches us from all directions, while at sunset light travels through more air and the blue is scattered away.");
+    let alone = model.score(&[short], 1, &Adapters::None).unwrap()[0];
+    let batched = model.score(&[long, short, long], 3, &Adapters::None).unwrap();
+    assert!((alone - batched[1]).abs() <= 1e-5, "{alone} vs {}", batched[1]);
+    assert!((batched[0] - batched[2]).abs() <= 1e-6);
+}
