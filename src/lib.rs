@@ -4,9 +4,14 @@
 //! metrics → tables.
 
 pub mod backbone;
+pub mod config;
 pub mod data;
+pub mod eval;
 pub mod heads;
 pub mod lora;
+pub mod methods;
 pub mod model;
 pub mod nn;
+pub mod report;
+pub mod run;
 pub mod train;

@@ -15,6 +15,7 @@ use crate::nn::{linear, Adapters, Ctx};
 
 /// The PEFT `adapter_config.json` fields rmroute uses (other PEFT fields are written with their defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LoraConfig {
     #[serde(rename = "r")]
     pub rank: usize,

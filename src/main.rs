@@ -16,6 +16,12 @@ struct Cli {
 enum Command {
     /// Convert raw preference data (anthropic, shp, hellaswag, dahoas, oasst) into pair JSONL.
     Prepare(cli::prepare::PrepareArgs),
+    /// Train Baseline (full fine-tuning) or, with a `lora` config section, BaseLoRA.
+    TrainBaseline(cli::train::TrainArgs),
+    /// Pairwise accuracy per domain, parameters and timings of a trained run → results.json.
+    Eval(cli::eval::EvalArgs),
+    /// The paper's Tables 2, 3 and 6 over runs (seeds), as Markdown and CSV.
+    Report(cli::report::ReportArgs),
     /// Score pairs or responses with a reward model; one JSON line of rewards per input line.
     Score(cli::score::ScoreArgs),
 }
@@ -24,5 +30,8 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Prepare(args) => cli::prepare::run(args),
         Command::Score(args) => cli::score::run(args),
+        Command::TrainBaseline(args) => cli::train::run_baseline(args),
+        Command::Eval(args) => cli::eval::run(args),
+        Command::Report(args) => cli::report::run(args),
     }
 }

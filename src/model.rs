@@ -232,10 +232,7 @@ impl RewardModel {
     /// `trainable` makes its tensors variables (to continue training it).
     pub fn load_adapter(&mut self, dir: &Path, name: &str, trainable: bool) -> Result<()> {
         let config_path = dir.join("adapter_config.json");
-        let config: LoraConfig = serde_json::from_slice(
-            &std::fs::read(&config_path).with_context(|| format!("reading {}", config_path.display()))?,
-        )
-        .with_context(|| format!("parsing {}", config_path.display()))?;
+        let config = read_peft_config(&config_path)?;
         let weights = dir.join("adapter_model.safetensors");
         let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
             .with_context(|| format!("reading {}", weights.display()))?;
@@ -394,10 +391,42 @@ impl RewardModel {
         vars
     }
 
+    /// Parameters of adapter `name`: its A/B matrices and its head.
+    pub fn adapter_parameter_count(&self, name: &str) -> usize {
+        let lora: usize = self
+            .encoder
+            .lora_linears()
+            .iter()
+            .filter_map(|l| l.adapter(name))
+            .map(|a| a.a.elem_count() + a.b.elem_count())
+            .sum();
+        let head = self
+            .adapters
+            .get(name)
+            .map(|e| head_tensors(self.arch, &e.head).iter().map(|(_, t)| t.elem_count()).sum())
+            .unwrap_or(0);
+        lora + head
+    }
+
     /// Parameters of the encoder and base head.
     pub fn parameter_count(&self) -> usize {
         self.state_dict().map(|t| t.values().map(|t| t.elem_count()).sum()).unwrap_or(0)
     }
+}
+
+/// The LoRA fields of a PEFT `adapter_config.json` (which has many more).
+fn read_peft_config(path: &Path) -> Result<LoraConfig> {
+    let value: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
+            .with_context(|| format!("parsing {}", path.display()))?;
+    let field = |name: &str| value.get(name).with_context(|| format!("{}: missing `{name}`", path.display()));
+    let rank = field("r")?.as_u64().with_context(|| format!("{}: `r` is not an integer", path.display()))?;
+    let alpha =
+        field("lora_alpha")?.as_f64().with_context(|| format!("{}: `lora_alpha` is not a number", path.display()))?;
+    let target_modules: Vec<String> = serde_json::from_value(field("target_modules")?.clone())
+        .with_context(|| format!("{}: `target_modules` is not a list of names", path.display()))?;
+    let dropout = value.get("lora_dropout").and_then(|v| v.as_f64()).unwrap_or(0.0) as f32;
+    Ok(LoraConfig { rank: rank as usize, alpha, dropout, target_modules })
 }
 
 fn is_head_tensor(arch: Arch, key: &str) -> bool {

@@ -137,12 +137,14 @@ fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
     a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)
 }
 
-/// Gives every adapter tensor of `name` random values, as training would.
+/// Gives every adapter tensor of `name` seeded random values, as training would.
 fn perturb_adapter(model: &RewardModel, name: &str) {
-    for (i, (_, var)) in model.trainable_vars(&[name]).iter().enumerate() {
-        let noise = (Tensor::randn(0f32, 0.3, var.as_tensor().shape(), &Device::Cpu).unwrap()
-            * (1.0 + i as f64 * 0.01))
-            .unwrap();
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(name.bytes().map(u64::from).sum::<u64>() + 40);
+    for (_, var) in model.trainable_vars(&[name]) {
+        let shape = var.as_tensor().shape().clone();
+        let noise: Vec<f32> = (0..shape.elem_count()).map(|_| (rng.random::<f32>() - 0.5) * 0.6).collect();
+        let noise = Tensor::from_vec(noise, shape, &Device::Cpu).unwrap();
         var.set(&(var.as_tensor() + noise).unwrap()).unwrap();
     }
 }
@@ -222,6 +224,7 @@ fn per_row_adapters_in_the_full_model_equal_each_row_alone() {
         let adapters = name.clone().map(Adapters::One).unwrap_or_default();
         let alone = model.score(&pairs[i..i + 1], 1, &adapters).unwrap()[0];
         assert!((mixed[i] - alone).abs() <= 1e-5 * alone.abs().max(1.0), "row {i}: {} vs {alone}", mixed[i]);
+        assert_ne!(mixed[i], mixed[(i + 1) % 3], "rows differ");
     }
 }
 

@@ -1,7 +1,10 @@
 //! One module per subcommand; `main.rs` only parses and dispatches.
 
+pub mod eval;
 pub mod prepare;
+pub mod report;
 pub mod score;
+pub mod train;
 
 use anyhow::{bail, Result};
 use candle_core::Device;

@@ -1,3 +1,5 @@
-//! Training: the pairwise loss (and, with the training issue, the loop, optimizer and checkpoints).
+//! Training: the pairwise loss, AdamW with schedule and clipping, and the loop with checkpoints.
 
 pub mod loss;
+pub mod optim;
+pub mod trainer;

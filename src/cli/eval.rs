@@ -1,0 +1,73 @@
+//! `rmroute eval`: accuracy per domain, parameters and timings of a trained run.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use rmroute::data::io::write_atomic;
+use rmroute::data::read_pairs;
+use rmroute::eval::{accuracy_by_domain, seconds_per_step, Results};
+use rmroute::model::LoadOptions;
+use rmroute::run::RunMeta;
+use rmroute::train::trainer::resolve_domains;
+
+use super::score::load_for_scoring;
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The run directory a `train-*` wrote.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Prepared data folder with `<domain>/test.jsonl`.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Where to write results.json (default: inside the run directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Test pairs per domain (default: all).
+    #[arg(long)]
+    pub max_pairs: Option<usize>,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let meta = RunMeta::read(&args.model)?;
+    let opts = LoadOptions { device: super::device(&args.device)?, ..Default::default() };
+    let (mut model, adapters) = load_for_scoring(&args.model, None, &opts)?;
+    model.max_length = model.max_length.min(meta.config.max_length);
+    let domains = resolve_domains(&args.data, &meta.domains)?;
+    let max_pairs = args.max_pairs.or(meta.config.max_eval_pairs);
+    let (by_domain, pairs_per_second) = accuracy_by_domain(&model, &adapters, &args.data, &domains, max_pairs)?;
+    // Table 6's "one input from each dataset": the first test prompts and chosen responses of each domain.
+    let mut samples = Vec::new();
+    for d in &domains {
+        samples.extend(read_pairs(&args.data.join(d).join("test.jsonl"))?.into_iter().take(8));
+    }
+    let inputs: Vec<(&str, &str)> = samples.iter().map(|p| (p.prompt.as_str(), p.chosen.as_str())).collect();
+    let step = seconds_per_step(&model, &adapters, &inputs, 40)?;
+    let mean = by_domain.values().map(|r| r.accuracy).sum::<f64>() / by_domain.len().max(1) as f64;
+    let results = Results {
+        method: meta.method.clone(),
+        backbone: meta.backbone_name.clone(),
+        seed: meta.seed,
+        domains: by_domain,
+        mean_accuracy: mean,
+        total_parameters: meta.total_parameters,
+        trainable_parameters: meta.trainable_parameters,
+        seconds_per_step: step,
+        pairs_per_second,
+        epoch_seconds: meta.epoch_seconds.clone(),
+    };
+    println!("| domain | pairs | accuracy |\n|---|---:|---:|");
+    for (d, r) in &results.domains {
+        println!("| {d} | {} | {:.4} |", r.pairs, r.accuracy);
+    }
+    println!("| mean | | {mean:.4} |");
+    println!("{:.4} s per step (one input), {:.1} pairs/s at batch 32", step, pairs_per_second);
+    let out = args.out.unwrap_or_else(|| args.model.join("results.json"));
+    write_atomic(&out, &serde_json::to_vec_pretty(&results)?)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! `rmroute train-*`: every method takes `--config FILE` and the same few overrides.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use rmroute::config::TrainConfig;
+use rmroute::methods::baseline::train_baseline;
+use rmroute::train::trainer::RunOptions;
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The experiment's JSON config (see configs/).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Prepared data folder (overrides `data`).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Run directory (overrides `out`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// cpu, cuda or cuda:N (overrides `device`).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Training pairs per domain (overrides `max_pairs`).
+    #[arg(long)]
+    pub max_pairs: Option<usize>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Continue a killed run from its last checkpoint in the run directory.
+    #[arg(long)]
+    pub resume: bool,
+    /// No progress bars.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl TrainArgs {
+    /// The config file with the command-line overrides applied.
+    pub fn config(&self) -> Result<TrainConfig> {
+        let mut cfg = TrainConfig::load(&self.config)?;
+        if let Some(d) = &self.data {
+            cfg.data = d.clone();
+        }
+        if let Some(o) = &self.out {
+            cfg.out = o.clone();
+        }
+        if let Some(s) = self.seed {
+            cfg.seed = s;
+        }
+        if let Some(d) = &self.device {
+            cfg.device = d.clone();
+        }
+        if let Some(m) = self.max_pairs {
+            cfg.max_pairs = Some(m);
+        }
+        if let Some(e) = self.epochs {
+            cfg.epochs = e;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn options(&self) -> RunOptions {
+        RunOptions { quiet: self.quiet, resume: self.resume, stop_after: None }
+    }
+}
+
+pub fn run_baseline(args: TrainArgs) -> Result<()> {
+    let cfg = args.config()?;
+    let device = super::device(&cfg.device)?;
+    let out = train_baseline(&cfg, device, &args.options())?;
+    println!("trained {} → {}", cfg.method(), out.display());
+    Ok(())
+}

@@ -1,0 +1,3 @@
+//! One file per method: how it trains, reading like the paper's section for it.
+
+pub mod baseline;

@@ -1,0 +1,127 @@
+//! `rmroute report`: runs grouped by method and backbone, as the paper's Table 2 (accuracy per domain,
+//! mean ± std over seeds), Table 3 (parameters, training time per epoch) and Table 6 (inference time per
+//! step), in Markdown and CSV.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::data::DOMAINS;
+use crate::eval::Results;
+
+/// Mean and sample standard deviation (n − 1; 0 for one run).
+pub fn mean_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = values.iter().sum::<f64>() / n;
+    let var = if values.len() > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+/// Reads `results.json` of each run directory (or a `results.json` path given directly).
+pub fn read_results(paths: &[PathBuf]) -> Result<Vec<Results>> {
+    paths
+        .iter()
+        .map(|p| {
+            let file = if p.is_dir() { p.join("results.json") } else { p.clone() };
+            let bytes = std::fs::read(&file)
+                .with_context(|| format!("reading {} (run `rmroute eval` first)", file.display()))?;
+            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", file.display()))
+        })
+        .collect()
+}
+
+pub struct Tables {
+    pub markdown: String,
+    /// `(file name, CSV text)`.
+    pub csv: Vec<(String, String)>,
+}
+
+/// The three tables for a set of runs.
+pub fn tables(runs: &[Results]) -> Tables {
+    let mut groups: BTreeMap<(String, String), Vec<&Results>> = BTreeMap::new();
+    for r in runs {
+        groups.entry((r.method.clone(), r.backbone.clone())).or_default().push(r);
+    }
+    let domains: Vec<&str> =
+        DOMAINS.iter().copied().filter(|d| runs.iter().any(|r| r.domains.contains_key(*d))).collect();
+    let largest_baseline = runs
+        .iter()
+        .filter(|r| r.method == "baseline")
+        .map(|r| r.total_parameters)
+        .max()
+        .or_else(|| runs.iter().map(|r| r.total_parameters).max())
+        .unwrap_or(1)
+        .max(1);
+    let fmt = |(m, s): (f64, f64)| if m.is_nan() { "-".to_string() } else { format!("{m:.4} ± {s:.4}") };
+
+    let mut md = String::from("Table 2: pairwise accuracy (mean ± std over seeds)\n\n");
+    let mut csv2 = String::from("method,backbone,seeds");
+    let header: Vec<String> = domains.iter().map(|d| d.to_string()).chain(["average".to_string()]).collect();
+    md.push_str(&format!("| Method | Backbone | Seeds | {} |\n", header.join(" | ")));
+    md.push_str(&format!("|---|---|---:|{}\n", "---:|".repeat(header.len())));
+    for h in &header {
+        csv2.push_str(&format!(",{h}_mean,{h}_std"));
+    }
+    csv2.push('\n');
+    for ((method, backbone), rs) in &groups {
+        let mut cells = Vec::new();
+        csv2.push_str(&format!("{method},{backbone},{}", rs.len()));
+        for d in &domains {
+            let values: Vec<f64> = rs.iter().filter_map(|r| r.domains.get(*d).map(|x| x.accuracy)).collect();
+            let ms = mean_std(&values);
+            cells.push(fmt(ms));
+            csv2.push_str(&format!(",{:.6},{:.6}", ms.0, ms.1));
+        }
+        let ms = mean_std(&rs.iter().map(|r| r.mean_accuracy).collect::<Vec<_>>());
+        cells.push(fmt(ms));
+        csv2.push_str(&format!(",{:.6},{:.6}\n", ms.0, ms.1));
+        md.push_str(&format!("| {method} | {backbone} | {} | {} |\n", rs.len(), cells.join(" | ")));
+    }
+
+    md.push_str("\nTable 3: parameters and training time per epoch\n\n| Method | Backbone | Total parameters (M) | Trainable (M) | 1 epoch train time (s) |\n|---|---|---:|---:|---:|\n");
+    let mut csv3 = String::from("method,backbone,total_parameters,share_of_largest_baseline,trainable_parameters,epoch_seconds_mean,epoch_seconds_std\n");
+    for ((method, backbone), rs) in &groups {
+        let total = rs[0].total_parameters;
+        let share = 100.0 * total as f64 / largest_baseline as f64;
+        let epochs: Vec<f64> = rs.iter().flat_map(|r| r.epoch_seconds.iter().copied()).collect();
+        let (em, es) = mean_std(&epochs);
+        md.push_str(&format!(
+            "| {method} | {backbone} | {:.1} ({share:.1}%) | {:.2} | {em:.0} ± {es:.0} |\n",
+            total as f64 / 1e6,
+            rs[0].trainable_parameters as f64 / 1e6
+        ));
+        csv3.push_str(&format!(
+            "{method},{backbone},{total},{share:.2},{},{em:.3},{es:.3}\n",
+            rs[0].trainable_parameters
+        ));
+    }
+
+    md.push_str("\nTable 6: inference time per step (one input)\n\n| Method | Backbone | 1 step (s) | Pairs/s at batch 32 |\n|---|---|---:|---:|\n");
+    let mut csv6 = String::from("method,backbone,seconds_per_step_mean,seconds_per_step_std,pairs_per_second_mean\n");
+    for ((method, backbone), rs) in &groups {
+        let (sm, ss) = mean_std(&rs.iter().map(|r| r.seconds_per_step).collect::<Vec<_>>());
+        let (pm, _) = mean_std(&rs.iter().map(|r| r.pairs_per_second).collect::<Vec<_>>());
+        md.push_str(&format!("| {method} | {backbone} | {sm:.4} | {pm:.1} |\n"));
+        csv6.push_str(&format!("{method},{backbone},{sm:.6},{ss:.6},{pm:.3}\n"));
+    }
+    Tables {
+        markdown: md,
+        csv: vec![("table2.csv".into(), csv2), ("table3.csv".into(), csv3), ("table6.csv".into(), csv6)],
+    }
+}
+
+/// Writes the CSV files into `dir`.
+pub fn write_csv(tables: &Tables, dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    for (name, text) in &tables.csv {
+        let path = dir.join(name);
+        crate::data::io::write_atomic(&path, text.as_bytes())?;
+        written.push(path);
+    }
+    Ok(written)
+}

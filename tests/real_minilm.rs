@@ -1,0 +1,92 @@
+//! Real weights on real data: all-MiniLM-L6-v2 fits 96 real OASST training pairs (from the shipped
+//! sample), as PyTorch does on the same pairs (0.98 train accuracy after 3 epochs of full fine-tuning,
+//! 0.90 after 5 epochs of LoRA). A broken gradient stays near 0.5 here, which a synthetic task can hide.
+
+mod common;
+
+use std::path::Path;
+
+use rmroute::config::TrainConfig;
+use rmroute::data::prepare::{prepare, PrepareOptions};
+use rmroute::data::read_pairs;
+use rmroute::eval::accuracy_by_domain;
+use rmroute::lora::LoraConfig;
+use rmroute::methods::baseline::train_baseline;
+use rmroute::model::{LoadOptions, RewardModel};
+use rmroute::nn::Adapters;
+use rmroute::train::trainer::RunOptions;
+
+/// 96 OASST pairs from the shipped sample, as both the train and the test file (train-set accuracy).
+fn oasst_96(dir: &Path) {
+    let raw = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample");
+    let prepared = dir.join("all");
+    let opts = PrepareOptions {
+        input: raw,
+        out: prepared.clone(),
+        domains: vec!["oasst".into()],
+        max_pairs: None,
+        test_fraction: 0.1,
+        seed: 42,
+        skip_invalid: true,
+    };
+    prepare(&opts).unwrap();
+    let pairs = read_pairs(&prepared.join("oasst/train.jsonl")).unwrap();
+    assert!(pairs.len() >= 96);
+    let text: String = pairs[..96].iter().map(|p| serde_json::to_string(p).unwrap() + "\n").collect();
+    std::fs::create_dir_all(dir.join("oasst")).unwrap();
+    std::fs::write(dir.join("oasst/train.jsonl"), &text).unwrap();
+    std::fs::write(dir.join("oasst/test.jsonl"), &text).unwrap();
+}
+
+fn train_accuracy(cfg: &TrainConfig) -> f64 {
+    let run = train_baseline(cfg, candle_core::Device::Cpu, &RunOptions { quiet: true, ..Default::default() }).unwrap();
+    let mut model = RewardModel::load(&run, &LoadOptions::default()).unwrap();
+    model.max_length = cfg.max_length;
+    let adapters = if cfg.lora.is_some() {
+        model.load_adapter(&run.join("adapters/default"), "default", false).unwrap();
+        Adapters::One("default".into())
+    } else {
+        Adapters::None
+    };
+    let (by_domain, _) = accuracy_by_domain(&model, &adapters, &cfg.data, &["oasst".to_string()], None).unwrap();
+    by_domain["oasst"].accuracy
+}
+
+fn config(data: &Path, out: &Path) -> TrainConfig {
+    TrainConfig {
+        backbone: common::fetched_model("all-MiniLM-L6-v2").display().to_string(),
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        seed: 1,
+        batch_size: 16,
+        max_length: 128,
+        log_every: 1,
+        ..TrainConfig::default()
+    }
+}
+
+#[test]
+fn minilm_full_fine_tuning_fits_96_real_oasst_pairs() {
+    let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    oasst_96(data.path());
+    let cfg = TrainConfig { epochs: 3, lr: 5e-5, ..config(data.path(), &out.path().join("full")) };
+    let accuracy = train_accuracy(&cfg);
+    eprintln!("MiniLM full fine-tuning: train accuracy {accuracy:.4} after 3 epochs");
+    assert!(accuracy >= 0.9, "train accuracy {accuracy} after 3 epochs");
+}
+
+#[test]
+fn minilm_lora_fits_96_real_oasst_pairs() {
+    let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    oasst_96(data.path());
+    let lora = LoraConfig {
+        rank: 12,
+        alpha: 24.0,
+        dropout: 0.1,
+        target_modules: ["query", "key", "value", "dense"].map(String::from).to_vec(),
+    };
+    let cfg = TrainConfig { epochs: 5, lr: 5e-4, lora: Some(lora), ..config(data.path(), &out.path().join("lora")) };
+    let accuracy = train_accuracy(&cfg);
+    eprintln!("MiniLM LoRA: train accuracy {accuracy:.4} after 5 epochs");
+    assert!(accuracy >= 0.85, "train accuracy {accuracy} after 5 epochs");
+}
