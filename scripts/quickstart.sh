@@ -10,4 +10,4 @@ $bin prepare --input data/sample --out prepared --skip-invalid
 rm -rf runs/quickstart
 $bin train-baseline --config configs/quickstart.json
 $bin eval --model runs/quickstart --data prepared
-$bin report runs/quickstart --out runs/quickstart
+$bin report runs/quickstart --out runs/quickstart --plot

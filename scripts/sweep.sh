@@ -29,4 +29,4 @@ for seed in "$@"; do
   $bin eval --model "$out" --data "$data"
   runs+=("$out")
 done
-$bin report "${runs[@]}" --out "${RUNS:-runs}/$name-report"
+$bin report "${runs[@]}" --out "${RUNS:-runs}/$name-report" --plot

@@ -12,6 +12,7 @@ pub mod lora;
 pub mod methods;
 pub mod model;
 pub mod nn;
+pub mod plot;
 pub mod report;
 pub mod run;
 pub mod train;

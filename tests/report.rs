@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use rmroute::eval::{DomainResult, Results};
+use rmroute::plot::{accuracy_figure, curves_figure};
 use rmroute::report::{mean_std, read_results, tables, write_csv};
 
 fn results(method: &str, backbone: &str, seed: u64, hh: f64, oasst: f64, params: usize) -> Results {
@@ -62,4 +63,33 @@ fn tables_group_runs_by_method_and_backbone() {
     assert_eq!(written.len(), 3);
     let csv = std::fs::read_to_string(dir.path().join("table2.csv")).unwrap();
     assert!(csv.lines().nth(1).unwrap().starts_with("baseline,deberta-v3-large,3,0.620000,0.020000"), "{csv}");
+}
+
+#[test]
+fn plots_are_svg_with_one_bar_per_method_and_domain_and_one_curve_per_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = [
+        results("baseline", "minilm", 1, 0.60, 0.70, 22_000_000),
+        results("baseline", "minilm", 2, 0.62, 0.72, 22_000_000),
+        results("baselora", "minilm", 1, 0.55, 0.65, 22_000_000),
+    ];
+    let accuracy = dir.path().join("accuracy.svg");
+    accuracy_figure(&runs, &accuracy).unwrap();
+    let svg = std::fs::read_to_string(&accuracy).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("anthropic") && svg.contains("baselora (minilm)"));
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let metrics: String = (1..=5)
+        .map(|s| {
+            format!(
+                "{{\"step\":{s},\"epoch\":1,\"loss\":{},\"accuracy\":0.6,\"lr\":1e-5,\"pairs_per_s\":3.0}}\n",
+                0.7 - 0.05 * s as f64
+            )
+        })
+        .collect();
+    std::fs::write(run.join("metrics.jsonl"), metrics).unwrap();
+    let curves = dir.path().join("curves.svg");
+    curves_figure(&[("baseline seed 1".to_string(), run.as_path())], &curves).unwrap();
+    let svg = std::fs::read_to_string(&curves).unwrap();
+    assert!(svg.contains("Training loss") && svg.contains("baseline seed 1") && svg.contains("<polyline"), "{svg}");
 }

@@ -16,13 +16,13 @@ pub struct BertConfig {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub intermediate_size: usize,
-    #[serde(default = "default_act")]
+    #[serde(default = "super::defaults::act")]
     pub hidden_act: String,
-    #[serde(default = "default_dropout")]
+    #[serde(default = "super::defaults::dropout")]
     pub hidden_dropout_prob: f32,
-    #[serde(default = "default_dropout")]
+    #[serde(default = "super::defaults::dropout")]
     pub attention_probs_dropout_prob: f32,
-    #[serde(default = "default_positions")]
+    #[serde(default = "super::defaults::positions")]
     pub max_position_embeddings: usize,
     #[serde(default = "default_types")]
     pub type_vocab_size: usize,
@@ -34,27 +34,15 @@ pub struct BertConfig {
     pub position_embedding_type: Option<String>,
     #[serde(default)]
     pub classifier_dropout: Option<f32>,
-    #[serde(default = "default_init")]
+    #[serde(default = "super::defaults::init")]
     pub initializer_range: f64,
 }
 
-fn default_act() -> String {
-    "gelu".into()
-}
-fn default_dropout() -> f32 {
-    0.1
-}
-fn default_positions() -> usize {
-    512
-}
 fn default_types() -> usize {
     2
 }
 fn default_eps() -> f64 {
     1e-12
-}
-fn default_init() -> f64 {
-    0.02
 }
 
 struct BertLayer {

@@ -18,13 +18,13 @@ pub struct DebertaConfig {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub intermediate_size: usize,
-    #[serde(default = "default_act")]
+    #[serde(default = "super::defaults::act")]
     pub hidden_act: String,
-    #[serde(default = "default_dropout")]
+    #[serde(default = "super::defaults::dropout")]
     pub hidden_dropout_prob: f32,
-    #[serde(default = "default_dropout")]
+    #[serde(default = "super::defaults::dropout")]
     pub attention_probs_dropout_prob: f32,
-    #[serde(default = "default_positions")]
+    #[serde(default = "super::defaults::positions")]
     pub max_position_embeddings: usize,
     #[serde(default)]
     pub type_vocab_size: usize,
@@ -52,25 +52,16 @@ pub struct DebertaConfig {
     pub conv_kernel_size: usize,
     #[serde(default)]
     pub pooler_hidden_size: Option<usize>,
-    #[serde(default = "default_act")]
+    #[serde(default = "super::defaults::act")]
     pub pooler_hidden_act: String,
     #[serde(default)]
     pub pooler_dropout: f32,
     #[serde(default)]
     pub cls_dropout: Option<f32>,
-    #[serde(default = "default_init")]
+    #[serde(default = "super::defaults::init")]
     pub initializer_range: f64,
 }
 
-fn default_act() -> String {
-    "gelu".into()
-}
-fn default_dropout() -> f32 {
-    0.1
-}
-fn default_positions() -> usize {
-    512
-}
 fn default_eps() -> f64 {
     1e-7
 }
@@ -79,9 +70,6 @@ fn minus_one() -> i64 {
 }
 fn default_true() -> bool {
     true
-}
-fn default_init() -> f64 {
-    0.02
 }
 
 /// `pos_att_type` is `"p2c|c2p"` in old configs and `["p2c", "c2p"]` in new ones.

@@ -15,6 +15,22 @@ use candle_core::{DType, Device, Tensor};
 use crate::lora::LoraLinear;
 use crate::nn::Ctx;
 
+/// Defaults shared by the Hugging Face configs of both encoder families (transformers' values).
+pub(crate) mod defaults {
+    pub fn act() -> String {
+        "gelu".into()
+    }
+    pub fn dropout() -> f32 {
+        0.1
+    }
+    pub fn positions() -> usize {
+        512
+    }
+    pub fn init() -> f64 {
+        0.02
+    }
+}
+
 pub use bert::{Bert, BertConfig};
 pub use deberta::{Deberta, DebertaConfig};
 
