@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
@@ -208,14 +208,11 @@ impl Module for LoraLinear {
     }
 }
 
-/// The dtype adapters are kept in: f32, since bf16 variables lose small updates (STYLE.md §8).
-pub const ADAPTER_DTYPE: DType = DType::F32;
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backbone::params::ParamStore;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
     use std::collections::HashMap;
 
     fn rand(shape: &[usize], seed: u64) -> Tensor {

@@ -283,10 +283,8 @@ impl RewardModel {
         for (key, t) in head_tensors(self.arch, &entry.head) {
             tensors.insert(format!("{PEFT_PREFIX}.{key}"), t);
         }
-        let modules_to_save: Vec<&str> = match self.arch {
-            Arch::Bert => vec!["classifier", "pooler"],
-            Arch::Deberta => vec!["classifier", "pooler"],
-        };
+        // PEFT saves the reward head of a sequence-classification model as modules_to_save.
+        let modules_to_save = ["classifier", "pooler"];
         let config = serde_json::json!({
             "peft_type": "LORA",
             "task_type": "SEQ_CLS",
@@ -330,8 +328,8 @@ impl RewardModel {
         }
         if tensors.is_empty() {
             // Frozen encoder: its tensors are the loaded ones (LoRA layers may have been merged).
-            for key in self.encoder_store_keys() {
-                if let Ok(t) = self.encoder_tensor(&key) {
+            for key in self.encoder_store.names() {
+                if let Some(t) = self.encoder_store.tensor(&key) {
                     tensors.insert(key, t);
                 }
             }
@@ -346,14 +344,6 @@ impl RewardModel {
             tensors.insert(key, t.detach());
         }
         Ok(tensors)
-    }
-
-    fn encoder_store_keys(&self) -> Vec<String> {
-        self.encoder_store.names()
-    }
-
-    fn encoder_tensor(&self, key: &str) -> Result<Tensor> {
-        self.encoder_store.tensor(key).with_context(|| format!("no tensor {key}"))
     }
 
     /// Saves the model as a Hugging Face checkpoint (`config.json` with one label, `model.safetensors`,

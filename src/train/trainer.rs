@@ -240,9 +240,10 @@ pub fn train(
             let epoch_end = i + 1 == steps_per_epoch;
             let stop_here = opts.stop_after == Some(state.step);
             if epoch_end || stop_here || (cfg.checkpoint_every > 0 && state.step.is_multiple_of(cfg.checkpoint_every)) {
-                state.epoch_seconds[epoch] += epoch_start.elapsed().as_secs_f64();
-                save_checkpoint(&checkpoint_dir, &optimizer, &state)?;
-                state.epoch_seconds[epoch] -= epoch_start.elapsed().as_secs_f64();
+                // The checkpoint records this epoch's time so far; `state` adds it once the epoch ends.
+                let mut snapshot = state.clone();
+                snapshot.epoch_seconds[epoch] += epoch_start.elapsed().as_secs_f64();
+                save_checkpoint(&checkpoint_dir, &optimizer, &snapshot)?;
             }
             if stop_here {
                 bar.abandon();
