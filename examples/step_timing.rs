@@ -9,7 +9,7 @@ use rmroute::train::optim::{AdamW, AdamWConfig};
 fn main() -> anyhow::Result<()> {
     let model = RewardModel::load(
         std::path::Path::new("models/all-MiniLM-L6-v2"),
-        &LoadOptions { train_encoder: true, ..Default::default() },
+        &LoadOptions { train_encoder: true, new_head: true, ..Default::default() },
     )?;
     let text = "word ".repeat(120);
     let inputs: Vec<(&str, &str)> = (0..32).map(|_| (text.as_str(), "a reply")).collect();

@@ -6,8 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/fetch-models.sh
 cargo build --release --locked
 bin=target/release/rmroute
-$bin prepare --input data/sample --out prepared --skip-invalid
-rm -rf runs/quickstart
-$bin train-baseline --config configs/quickstart.json
+$bin prepare --input data/sample --out prepared
+$bin train-baseline --config configs/quickstart.json --force
 $bin eval --model runs/quickstart --data prepared
 $bin report runs/quickstart --out runs/quickstart --plot

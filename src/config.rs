@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::lora::LoraConfig;
+use crate::encoding::Truncation;
+use crate::lora::{LoraConfig, TargetModules};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,8 +35,11 @@ pub struct TrainConfig {
     pub warmup_ratio: f64,
     /// Global gradient-norm clip; 0 turns clipping off.
     pub max_grad_norm: f64,
-    /// Longest input in tokens. Longer pairs keep the end of the prompt and the start of the response.
+    /// Longest input in tokens (clamped to the backbone's position limit).
     pub max_length: usize,
+    /// How pairs longer than `max_length` are cut: `longest_first` (transformers' default) or
+    /// `keep_prompt_end`. `eval` and `score` use what training used.
+    pub truncation: Truncation,
     /// Cap on training pairs per domain (taken in file order after a seeded shuffle); none = all.
     pub max_pairs: Option<usize>,
     /// Cap on test pairs per domain for `eval`; none = all.
@@ -69,6 +73,7 @@ impl Default for TrainConfig {
             warmup_ratio: 0.0,
             max_grad_norm: 1.0,
             max_length: 512,
+            truncation: Truncation::LongestFirst,
             max_pairs: None,
             max_eval_pairs: None,
             log_every: 10,
@@ -81,19 +86,14 @@ impl Default for TrainConfig {
 
 /// The paper's LoRA: rank 12, alpha 768, dropout 0.1 on the attention projections and dense layers.
 pub fn paper_lora(target_modules: &[&str]) -> LoraConfig {
-    LoraConfig {
-        rank: 12,
-        alpha: 768.0,
-        dropout: 0.1,
-        target_modules: target_modules.iter().map(|s| s.to_string()).collect(),
-    }
+    LoraConfig { rank: 12, alpha: 768.0, dropout: 0.1, target_modules: TargetModules::names(target_modules) }
 }
 
 impl TrainConfig {
     /// Reads a config file; unknown keys and wrong types are errors naming the key and the file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-        let config: Self = serde_json::from_str(&text).with_context(|| format!("config {}", path.display()))?;
+        let config: Self = parse_json(&text).with_context(|| format!("config {}", path.display()))?;
         config.validate().with_context(|| format!("config {}", path.display()))?;
         Ok(config)
     }
@@ -110,8 +110,7 @@ impl TrainConfig {
         anyhow::ensure!((0.0..1.0).contains(&self.warmup_ratio), "`warmup_ratio` must be in [0, 1)");
         anyhow::ensure!(self.max_length >= 8, "`max_length` must be at least 8");
         if let Some(lora) = &self.lora {
-            anyhow::ensure!(lora.rank > 0, "`lora.r` must be positive");
-            anyhow::ensure!(!lora.target_modules.is_empty(), "`lora.target_modules` is empty");
+            lora.validate().map_err(|e| anyhow::anyhow!("`lora`: {e}"))?;
         }
         Ok(())
     }
@@ -125,6 +124,28 @@ impl TrainConfig {
     }
 }
 
+/// Parses JSON into `T`; an error names the key path where it happened (`lora.r: invalid type …`).
+pub fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            anyhow::anyhow!("{inner}")
+        } else {
+            anyhow::anyhow!("`{path}`: {inner}")
+        }
+    })
+}
+
+/// Like [`parse_json`], from an already parsed value (a checkpoint's `config.json`).
+pub fn from_value<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        anyhow::anyhow!("`{path}`: {}", e.into_inner())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,9 +156,26 @@ mod tests {
         assert_eq!((c.lr, c.batch_size, c.epochs), (5e-6, 32, 3));
         let err = serde_json::from_str::<TrainConfig>("{\"learning_rate\": 1e-5}").unwrap_err().to_string();
         assert!(err.contains("unknown field `learning_rate`"), "{err}");
-        let err = serde_json::from_str::<TrainConfig>(
+        let err = parse_json::<TrainConfig>(
             "{\"lora\": {\"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"q\"], \"rnak\": 3}}",
-        );
-        assert!(err.is_err());
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("rnak"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_name_the_key_path_and_zero_rank_is_refused() {
+        let err =
+            parse_json::<TrainConfig>("{\"lora\": {\"r\": \"four\", \"lora_alpha\": 8, \"target_modules\": [\"q\"]}}")
+                .unwrap_err()
+                .to_string();
+        assert!(err.starts_with("`lora.r`:") && err.contains("invalid type"), "{err}");
+        let err = parse_json::<TrainConfig>("{\"truncation\": \"middle\"}").unwrap_err().to_string();
+        assert!(err.starts_with("`truncation`:") && err.contains("longest_first"), "{err}");
+        let zero: TrainConfig =
+            parse_json("{\"lora\": {\"r\": 0, \"lora_alpha\": 8, \"target_modules\": [\"q\"]}}").unwrap();
+        let err = zero.validate().unwrap_err().to_string();
+        assert!(err.contains("`r` must be positive"), "{err}");
     }
 }

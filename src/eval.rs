@@ -5,10 +5,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::data::read_pairs;
+use crate::data::split::{mix, stable_hash};
+use crate::data::{read_pairs, PairRecord};
 use crate::model::RewardModel;
 use crate::nn::Adapters;
 use crate::train::loss::pairwise_correct;
@@ -36,22 +40,40 @@ pub struct Results {
     pub epoch_seconds: Vec<f64>,
 }
 
-/// Accuracy of `model` (with `adapters`) on each domain's `test.jsonl` in `data`.
+/// The test pairs of `domain`: all of them, or `max_pairs` drawn with `seed` (kept in file order).
+/// An empty test split is an error: an accuracy of nothing is not a number to average.
+pub fn test_pairs(data: &Path, domain: &str, max_pairs: Option<usize>, seed: u64) -> Result<Vec<PairRecord>> {
+    let path = data.join(domain).join("test.jsonl");
+    let records = read_pairs(&path).with_context(|| format!("reading {}", path.display()))?;
+    if records.is_empty() {
+        bail!(
+            "{} has no pairs: nothing to evaluate domain `{domain}` on (prepare it with a test split, or leave \
+             the domain out)",
+            path.display()
+        );
+    }
+    let Some(cap) = max_pairs.filter(|&cap| cap < records.len()) else { return Ok(records) };
+    let mut order: Vec<usize> = (0..records.len()).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(mix(seed, stable_hash(domain.as_bytes()))));
+    let mut keep = order[..cap].to_vec();
+    keep.sort_unstable();
+    Ok(keep.into_iter().map(|i| records[i].clone()).collect())
+}
+
+/// Accuracy of `model` (with `adapters`) on each domain's `test.jsonl` in `data`; with `max_pairs`,
+/// on that many pairs per domain sampled with `seed`.
 pub fn accuracy_by_domain(
     model: &RewardModel,
     adapters: &Adapters,
     data: &Path,
     domains: &[String],
     max_pairs: Option<usize>,
+    seed: u64,
 ) -> Result<(BTreeMap<String, DomainResult>, f64)> {
     let mut results = BTreeMap::new();
     let (mut pairs_done, mut seconds) = (0usize, 0f64);
     for domain in domains {
-        let path = data.join(domain).join("test.jsonl");
-        let mut records = read_pairs(&path).with_context(|| format!("reading {}", path.display()))?;
-        if let Some(cap) = max_pairs {
-            records.truncate(cap);
-        }
+        let records = test_pairs(data, domain, max_pairs, seed)?;
         let mut correct = 0;
         for chunk in records.chunks(32) {
             let inputs: Vec<(&str, &str)> = chunk
@@ -66,7 +88,7 @@ pub fn accuracy_by_domain(
             correct += pairwise_correct(chosen, rejected);
         }
         pairs_done += records.len();
-        let accuracy = if records.is_empty() { 0.0 } else { correct as f64 / records.len() as f64 };
+        let accuracy = correct as f64 / records.len() as f64;
         results.insert(domain.clone(), DomainResult { pairs: records.len(), accuracy });
     }
     Ok((results, pairs_done as f64 / seconds.max(1e-9)))

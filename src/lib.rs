@@ -6,8 +6,10 @@
 pub mod backbone;
 pub mod config;
 pub mod data;
+pub mod encoding;
 pub mod eval;
 pub mod heads;
+pub mod load;
 pub mod lora;
 pub mod methods;
 pub mod model;

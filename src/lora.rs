@@ -22,9 +22,48 @@ pub struct LoraConfig {
     #[serde(rename = "lora_alpha")]
     pub alpha: f64,
     #[serde(rename = "lora_dropout", default)]
-    pub dropout: f32,
-    /// Module names (the last path component, e.g. `query_proj`, `dense`) that get the adapter.
-    pub target_modules: Vec<String>,
+    pub dropout: f64,
+    /// Which linear layers get the adapter.
+    pub target_modules: TargetModules,
+}
+
+/// PEFT's two ways of naming the adapted layers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TargetModules {
+    /// Module names matched against the end of each layer's path (`query_proj`, `dense`).
+    Names(Vec<String>),
+    /// A regular expression that must match a layer's whole path.
+    Pattern(String),
+}
+
+impl TargetModules {
+    pub fn names(names: &[&str]) -> Self {
+        Self::Names(names.iter().map(|s| s.to_string()).collect())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Self::Names(names) => names.is_empty(),
+            Self::Pattern(p) => p.is_empty(),
+        }
+    }
+
+    /// An exact pattern for these layer paths (what rmroute writes to PEFT files, so PEFT adapts
+    /// exactly the layers rmroute adapted: a bare `dense` would also catch the pooler in Python).
+    pub fn exactly(paths: &[&str]) -> Self {
+        let alternatives: Vec<String> = paths.iter().map(|p| regex::escape(p)).collect();
+        Self::Pattern(format!("^(?:{})$", alternatives.join("|")))
+    }
+}
+
+impl std::fmt::Display for TargetModules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Names(names) => write!(f, "{names:?}"),
+            Self::Pattern(p) => write!(f, "/{p}/"),
+        }
+    }
 }
 
 impl LoraConfig {
@@ -32,9 +71,33 @@ impl LoraConfig {
         self.alpha / self.rank as f64
     }
 
-    /// True when the module at `path` is targeted (PEFT matches on the last components of the name).
+    /// Refuses what would divide by zero or adapt nothing.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.rank == 0 {
+            return Err("`r` must be positive (the LoRA rank)".into());
+        }
+        if !self.alpha.is_finite() {
+            return Err(format!("`lora_alpha` must be a finite number, got {}", self.alpha));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(format!("`lora_dropout` must be in [0, 1), got {}", self.dropout));
+        }
+        if self.target_modules.is_empty() {
+            return Err("`target_modules` is empty".into());
+        }
+        if let TargetModules::Pattern(p) = &self.target_modules {
+            regex::Regex::new(p).map_err(|e| format!("`target_modules` is not a valid regular expression: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// True when the module at `path` is targeted: PEFT matches a list of names on the last components
+    /// of the path, and a string as a regular expression on the whole path.
     pub fn targets(&self, path: &str) -> bool {
-        self.target_modules.iter().any(|t| path == t || path.ends_with(&format!(".{t}")))
+        match &self.target_modules {
+            TargetModules::Names(names) => names.iter().any(|t| path == t || path.ends_with(&format!(".{t}"))),
+            TargetModules::Pattern(p) => regex::Regex::new(&format!("^(?:{p})$")).is_ok_and(|re| re.is_match(path)),
+        }
     }
 }
 
@@ -99,7 +162,8 @@ impl LoraLinear {
             candle_nn::Init::Uniform { lo: -bound, up: bound },
         )?;
         let b = vb.pp("lora_B").get_with_hints((self.out_dim(), config.rank), "weight", candle_nn::init::ZERO)?;
-        self.adapters.insert(name.to_string(), Adapter { a, b, scale: config.scale(), dropout: config.dropout });
+        let dropout = config.dropout as f32;
+        self.adapters.insert(name.to_string(), Adapter { a, b, scale: config.scale(), dropout });
         Ok(())
     }
 
@@ -223,7 +287,7 @@ mod tests {
     }
 
     fn config(rank: usize, alpha: f64) -> LoraConfig {
-        LoraConfig { rank, alpha, dropout: 0.0, target_modules: vec!["q".into()] }
+        LoraConfig { rank, alpha, dropout: 0.0, target_modules: TargetModules::names(&["q"]) }
     }
 
     /// A layer with adapters whose A and B are random (B = 0 at init would hide mistakes).
@@ -306,12 +370,38 @@ mod tests {
     }
 
     #[test]
-    fn targets_match_peft_suffix_rule() {
-        let c =
-            LoraConfig { rank: 1, alpha: 1.0, dropout: 0.0, target_modules: vec!["query_proj".into(), "dense".into()] };
+    fn targets_match_peft_suffix_rule_and_whole_path_patterns() {
+        let mut c = LoraConfig {
+            rank: 1,
+            alpha: 1.0,
+            dropout: 0.0,
+            target_modules: TargetModules::names(&["query_proj", "dense"]),
+        };
         assert!(c.targets("deberta.encoder.layer.0.attention.self.query_proj"));
         assert!(c.targets("deberta.encoder.layer.0.attention.output.dense"));
+        assert!(c.targets("pooler.dense"), "PEFT's suffix rule catches the pooler too");
         assert!(!c.targets("deberta.encoder.layer.0.attention.self.value_proj"));
         assert!(!c.targets("deberta.encoder.layer.0.attention.self.xquery_proj"));
+        let adapted = ["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.output.dense"];
+        c.target_modules = TargetModules::exactly(&adapted);
+        assert!(adapted.iter().all(|p| c.targets(p)));
+        for other in
+            ["bert.pooler.dense", "bert.encoder.layer.0.attention.self.key", "x.bert.encoder.layer.0.output.dense"]
+        {
+            assert!(!c.targets(other), "{other}");
+        }
+        c.target_modules = TargetModules::Pattern(r".*\.layer\.\d+\.attention\.self\.(query|value)".into());
+        assert!(c.targets("bert.encoder.layer.3.attention.self.value"));
+        assert!(!c.targets("bert.encoder.layer.3.attention.self.key"));
+    }
+
+    #[test]
+    fn zero_rank_and_bad_patterns_are_refused() {
+        let mut c = config(0, 8.0);
+        assert!(c.validate().unwrap_err().contains("`r`"));
+        c.rank = 2;
+        assert!(c.validate().is_ok());
+        c.target_modules = TargetModules::Pattern("(".into());
+        assert!(c.validate().unwrap_err().contains("regular expression"));
     }
 }

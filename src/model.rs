@@ -12,9 +12,10 @@ use tokenizers::Tokenizer;
 use crate::backbone::params::ParamStore;
 use crate::backbone::tokenizer::load_tokenizer;
 use crate::backbone::{load_checkpoint, Arch, Bert, Checkpoint, Deberta, Encoder};
-use crate::data::io::write_atomic;
+use crate::data::io::{sync_file, write_atomic, StagedDir};
+use crate::encoding::{Batch, PairEncoder, Truncation};
 use crate::heads::RewardHead;
-use crate::lora::{LoraConfig, PEFT_PREFIX};
+use crate::lora::{LoraConfig, TargetModules, PEFT_PREFIX};
 use crate::nn::{Adapters, Ctx};
 
 /// How to load a model.
@@ -25,21 +26,15 @@ pub struct LoadOptions {
     pub train_encoder: bool,
     /// Seeds the initialisation of anything the checkpoint lacks (a new reward head).
     pub seed: u64,
+    /// Training may start from an encoder without a reward head: a new one is initialised (and listed
+    /// in [`RewardModel::new_head`]). Otherwise scoring with a missing head is an error.
+    pub new_head: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, train_encoder: false, seed: 0 }
+        Self { device: Device::Cpu, train_encoder: false, seed: 0, new_head: false }
     }
-}
-
-/// Token ids of a padded batch, `(batch, seq)` each.
-pub struct Batch {
-    pub input_ids: Tensor,
-    pub token_type_ids: Tensor,
-    pub attention_mask: Tensor,
-    /// Rows that had to be truncated to `max_length`.
-    pub truncated: usize,
 }
 
 /// A LoRA adapter of the model and its own reward head.
@@ -53,18 +48,22 @@ pub struct RewardModel {
     pub arch: Arch,
     pub encoder: Encoder,
     pub head: RewardHead,
-    pub tokenizer: Tokenizer,
+    /// The tokenizer with the length limit and truncation strategy.
+    pub tokens: PairEncoder,
     /// The checkpoint's `config.json`.
     pub config: serde_json::Value,
     pub device: Device,
-    /// Longest input in tokens; longer pairs keep the end of the prompt and the start of the response.
-    pub max_length: usize,
+    /// The encoder's position limit: `max_length` never exceeds it.
+    pub max_positions: usize,
     pub adapters: BTreeMap<String, AdapterEntry>,
+    /// Reward-head tensors the checkpoint lacked, initialised from the seed (an encoder, not a reward
+    /// model). Scoring with the base head is then an error unless loaded with `new_head`.
+    pub new_head: Vec<String>,
+    allow_new_head: bool,
+    /// Where the weights came from, for error messages.
+    source: String,
     encoder_store: Arc<ParamStore>,
     head_store: Arc<ParamStore>,
-    cls_id: u32,
-    sep_id: u32,
-    pad_id: u32,
 }
 
 impl RewardModel {
@@ -104,74 +103,76 @@ impl RewardModel {
             }
             (None, None) => bail!("no encoder config"),
         };
-        let id = |name: &str| tokenizer.token_to_id(name).with_context(|| format!("the tokenizer has no {name} token"));
+        let new_head = head_store.initialised();
+        let max_positions = max_positions.min(512);
         Ok(Self {
             arch: checkpoint.arch,
             encoder,
             head,
-            cls_id: id("[CLS]")?,
-            sep_id: id("[SEP]")?,
-            pad_id: tokenizer.token_to_id("[PAD]").unwrap_or(0),
-            tokenizer,
+            tokens: PairEncoder::new(tokenizer, max_positions, Truncation::default()),
             config: checkpoint.config,
             device: opts.device.clone(),
-            max_length: max_positions.min(512),
+            max_positions,
             adapters: BTreeMap::new(),
+            new_head,
+            allow_new_head: opts.new_head,
+            source: checkpoint.dir.display().to_string(),
             encoder_store,
             head_store,
         })
     }
 
-    /// Tokenizes `(prompt, response)` pairs as transformers' `tokenizer(prompt, response)` does
-    /// (`[CLS] prompt [SEP] response [SEP]`, token types 0/1), padded to the longest row.
+    /// Sets the longest input (at most the encoder's position limit) and how longer pairs are cut.
+    pub fn set_limits(&mut self, max_length: usize, truncation: Truncation) {
+        self.tokens.max_length = max_length.min(self.max_positions);
+        self.tokens.truncation = truncation;
+    }
+
+    pub fn max_length(&self) -> usize {
+        self.tokens.max_length
+    }
+
+    /// Tokenizes `(prompt, response)` pairs as transformers' `tokenizer(prompt, response)` does,
+    /// truncated by the model's strategy and padded to the longest row.
     pub fn encode(&self, pairs: &[(&str, &str)]) -> Result<Batch> {
-        let mut rows: Vec<(Vec<u32>, Vec<u32>)> = Vec::with_capacity(pairs.len());
-        let mut truncated = 0;
-        for (prompt, response) in pairs {
-            let encoding = self.tokenizer.encode((*prompt, *response), true).map_err(anyhow::Error::msg)?;
-            if encoding.get_ids().len() <= self.max_length {
-                rows.push((encoding.get_ids().to_vec(), encoding.get_type_ids().to_vec()));
-                continue;
-            }
-            truncated += 1;
-            let ids = |text: &str| -> Result<Vec<u32>> {
-                Ok(self.tokenizer.encode(text, false).map_err(anyhow::Error::msg)?.get_ids().to_vec())
-            };
-            let (p, r) = (ids(prompt)?, ids(response)?);
-            let budget = self.max_length.saturating_sub(3);
-            let keep_r = r.len().min(budget.saturating_sub(p.len()).max(budget / 2));
-            let keep_p = p.len().min(budget - keep_r);
-            let mut input = vec![self.cls_id];
-            input.extend_from_slice(&p[p.len() - keep_p..]);
-            input.push(self.sep_id);
-            let first_b = input.len();
-            input.extend_from_slice(&r[..keep_r]);
-            input.push(self.sep_id);
-            let types = (0..input.len()).map(|i| u32::from(i >= first_b)).collect();
-            rows.push((input, types));
+        self.tokens.encode(pairs, &self.device)
+    }
+
+    /// The model's own reward head; an error when the checkpoint had none and this is not training.
+    fn base_head(&self) -> Result<&RewardHead> {
+        if !self.new_head.is_empty() && !self.allow_new_head {
+            bail!(
+                "{} has no reward head (missing {}): it is an encoder, not a reward model. Train one on it \
+                 (`rmroute train-baseline`), or score with a reward model or an adapter that has its own head",
+                self.source,
+                self.new_head.join(", ")
+            );
         }
-        let seq = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(1);
-        let (mut ids, mut types, mut mask) = (Vec::new(), Vec::new(), Vec::new());
-        for (row_ids, row_types) in &rows {
-            let pad = seq - row_ids.len();
-            ids.extend(row_ids.iter().copied().chain(std::iter::repeat_n(self.pad_id, pad)));
-            types.extend(row_types.iter().copied().chain(std::iter::repeat_n(0, pad)));
-            mask.extend(std::iter::repeat_n(1u32, row_ids.len()).chain(std::iter::repeat_n(0, pad)));
-        }
-        let shape = (rows.len(), seq);
-        Ok(Batch {
-            input_ids: Tensor::from_vec(ids, shape, &self.device)?,
-            token_type_ids: Tensor::from_vec(types, shape, &self.device)?,
-            attention_mask: Tensor::from_vec(mask, shape, &self.device)?,
-            truncated,
-        })
+        Ok(&self.head)
     }
 
     /// Rewards `(batch,)` for an encoded batch; the adapters in `ctx` pick the encoder adapters and heads.
     pub fn forward(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
-        if let Adapters::One(name) = &ctx.adapters {
+        let known = |name: &String| -> Result<()> {
             if !self.adapters.contains_key(name) {
                 bail!("no adapter named `{name}` (have: {})", self.adapter_names().join(", "));
+            }
+            Ok(())
+        };
+        match &ctx.adapters {
+            Adapters::None => {
+                self.base_head()?;
+            }
+            Adapters::One(name) => known(name)?,
+            Adapters::PerRow(names) => {
+                for name in names {
+                    match name {
+                        Some(name) => known(name)?,
+                        None => {
+                            self.base_head()?;
+                        }
+                    }
+                }
             }
         }
         let hidden = self.encoder.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, ctx)?;
@@ -179,7 +180,7 @@ impl RewardModel {
             Adapters::None => self.head.forward(&hidden, ctx)?,
             Adapters::One(name) => self.adapters[name].head.forward(&hidden, ctx)?,
             Adapters::PerRow(names) => {
-                // Every head scores every row; each row keeps its own head's reward.
+                // Every head in use scores every row; each row keeps its own head's reward.
                 let mut picked: Option<Tensor> = None;
                 let mut heads: Vec<(Option<&String>, &RewardHead)> = vec![(None, &self.head)];
                 heads.extend(self.adapters.iter().map(|(n, a)| (Some(n), &a.head)));
@@ -195,10 +196,7 @@ impl RewardModel {
                         None => part,
                     });
                 }
-                match picked {
-                    Some(t) => t,
-                    None => Tensor::zeros(names.len(), DType::F32, &self.device)?,
-                }
+                picked.context("an empty batch")?
             }
         })
     }
@@ -234,15 +232,21 @@ impl RewardModel {
         let config_path = dir.join("adapter_config.json");
         let config = read_peft_config(&config_path)?;
         let weights = dir.join("adapter_model.safetensors");
-        let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
+        let mut tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
             .with_context(|| format!("reading {}", weights.display()))?;
+        // A head module PEFT did not save is the base model's own (when the base has a real one).
+        if self.new_head.is_empty() {
+            for (key, t) in self.head_tensors() {
+                tensors.entry(format!("{PEFT_PREFIX}.{key}")).or_insert_with(|| t.detach());
+            }
+        }
         let source = weights.display().to_string();
         let store = if trainable {
             ParamStore::trainable(tensors, source, 0)
         } else {
             ParamStore::from_tensors(tensors, source, false)
         };
-        self.attach_adapter(name, &config, store)
+        self.attach_adapter(name, &config, store).with_context(|| format!("loading the adapter in {}", dir.display()))
     }
 
     fn attach_adapter(&mut self, name: &str, config: &LoraConfig, store: Arc<ParamStore>) -> Result<()> {
@@ -270,14 +274,17 @@ impl RewardModel {
     }
 
     /// Saves adapter `name` in PEFT's layout: A/B of every targeted layer and the reward head
-    /// (`modules_to_save`), so reloading never loses the head.
+    /// (`modules_to_save`), so reloading never loses the head. `target_modules` is written as a pattern
+    /// matching exactly the adapted layers. The directory is written whole under a temporary name.
     pub fn save_adapter(&self, name: &str, dir: &Path, base_model: &str) -> Result<()> {
         let entry = self.adapters.get(name).with_context(|| format!("no adapter named `{name}`"))?;
         let mut tensors = HashMap::new();
+        let mut adapted = Vec::new();
         for layer in self.encoder.lora_linears() {
             if let Some(adapter) = layer.adapter(name) {
                 tensors.insert(format!("{PEFT_PREFIX}.{}.lora_A.weight", layer.path), adapter.a.clone());
                 tensors.insert(format!("{PEFT_PREFIX}.{}.lora_B.weight", layer.path), adapter.b.clone());
+                adapted.push(layer.path.as_str());
             }
         }
         for (key, t) in head_tensors(self.arch, &entry.head) {
@@ -292,16 +299,17 @@ impl RewardModel {
             "r": entry.config.rank,
             "lora_alpha": entry.config.alpha,
             "lora_dropout": entry.config.dropout,
-            "target_modules": entry.config.target_modules,
+            "target_modules": TargetModules::exactly(&adapted),
             "modules_to_save": modules_to_save,
             "bias": "none",
             "fan_in_fan_out": false,
             "inference_mode": true,
             "init_lora_weights": true
         });
-        std::fs::create_dir_all(dir)?;
-        save_safetensors(&tensors, &dir.join("adapter_model.safetensors"))?;
-        write_atomic(&dir.join("adapter_config.json"), &serde_json::to_vec_pretty(&config)?)?;
+        let staged = StagedDir::new(dir)?;
+        save_safetensors(&tensors, &staged.path().join("adapter_model.safetensors"))?;
+        write_atomic(&staged.path().join("adapter_config.json"), &serde_json::to_vec_pretty(&config)?)?;
+        staged.commit()?;
         Ok(())
     }
 
@@ -312,6 +320,7 @@ impl RewardModel {
             layer.merge(name)?;
         }
         self.head = entry.head;
+        self.new_head.clear();
         Ok(())
     }
 
@@ -320,19 +329,12 @@ impl RewardModel {
         head_tensors(self.arch, &self.head)
     }
 
-    /// Every encoder and head tensor in checkpoint naming (adapters not merged in).
+    /// The encoder tensors the forward pass uses and the model's head, in checkpoint naming, with any
+    /// merged adapter folded in (tensors of the checkpoint the model never uses are left out).
     pub fn state_dict(&self) -> Result<HashMap<String, Tensor>> {
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
-        for (name, var) in self.encoder_store.vars() {
-            tensors.insert(name, var.as_tensor().detach());
-        }
-        if tensors.is_empty() {
-            // Frozen encoder: its tensors are the loaded ones (LoRA layers may have been merged).
-            for key in self.encoder_store.names() {
-                if let Some(t) = self.encoder_store.tensor(&key) {
-                    tensors.insert(key, t);
-                }
-            }
+        for (name, t) in self.encoder_store.used() {
+            tensors.insert(name, t.detach());
         }
         for layer in self.encoder.lora_linears() {
             tensors.insert(format!("{}.weight", layer.path), layer.weight.detach());
@@ -347,8 +349,18 @@ impl RewardModel {
     }
 
     /// Saves the model as a Hugging Face checkpoint (`config.json` with one label, `model.safetensors`,
-    /// `tokenizer.json`) that transformers loads as `…ForSequenceClassification`.
+    /// `tokenizer.json`) that transformers loads as `…ForSequenceClassification`. The directory is
+    /// written whole under a temporary name, synced and renamed, so it is never half old, half new.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        let staged = StagedDir::new(dir)?;
+        self.write_pretrained(staged.path())?;
+        staged.commit()?;
+        Ok(())
+    }
+
+    /// Writes the checkpoint files into `dir` (a directory being staged).
+    pub fn write_pretrained(&self, dir: &Path) -> Result<()> {
+        self.base_head()?;
         std::fs::create_dir_all(dir)?;
         let mut config = self.config.clone();
         let class = match self.arch {
@@ -361,8 +373,7 @@ impl RewardModel {
         config["label2id"] = serde_json::json!({"LABEL_0": 0});
         write_atomic(&dir.join("config.json"), &serde_json::to_vec_pretty(&config)?)?;
         save_safetensors(&self.state_dict()?, &dir.join("model.safetensors"))?;
-        let tokenizer_json = self.tokenizer.to_string(true).map_err(anyhow::Error::msg)?;
-        write_atomic(&dir.join("tokenizer.json"), tokenizer_json.as_bytes())?;
+        write_atomic(&dir.join("tokenizer.json"), self.tokens.tokenizer_json()?.as_bytes())?;
         Ok(())
     }
 
@@ -390,18 +401,31 @@ impl RewardModel {
             .filter_map(|l| l.adapter(name))
             .map(|a| a.a.elem_count() + a.b.elem_count())
             .sum();
-        let head = self
-            .adapters
-            .get(name)
-            .map(|e| head_tensors(self.arch, &e.head).iter().map(|(_, t)| t.elem_count()).sum())
-            .unwrap_or(0);
+        let head = self.adapters.get(name).map(|e| count(&head_tensors(self.arch, &e.head))).unwrap_or(0);
         lora + head
     }
 
-    /// Parameters of the encoder and base head.
-    pub fn parameter_count(&self) -> usize {
-        self.state_dict().map(|t| t.values().map(|t| t.elem_count()).sum()).unwrap_or(0)
+    /// Parameters of the encoder that the forward pass uses (integer buffers and unused checkpoint
+    /// tensors, such as DeBERTa-v3's MLM head, are not parameters of a reward model).
+    pub fn encoder_parameter_count(&self) -> usize {
+        let used: HashMap<String, Tensor> = self.encoder_store.used().into_iter().collect();
+        used.values().filter(|t| t.dtype().is_float()).map(|t| t.elem_count()).sum()
     }
+
+    /// Parameters of the model's own reward head.
+    pub fn head_parameter_count(&self) -> usize {
+        count(&self.head_tensors())
+    }
+
+    /// Parameters of the encoder and the model's head: transformers' `num_parameters()` of the same
+    /// `…ForSequenceClassification`.
+    pub fn parameter_count(&self) -> usize {
+        self.encoder_parameter_count() + self.head_parameter_count()
+    }
+}
+
+fn count(tensors: &[(String, Tensor)]) -> usize {
+    tensors.iter().map(|(_, t)| t.elem_count()).sum()
 }
 
 /// The LoRA fields of a PEFT `adapter_config.json` (which has many more).
@@ -409,14 +433,22 @@ fn read_peft_config(path: &Path) -> Result<LoraConfig> {
     let value: serde_json::Value =
         serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)
             .with_context(|| format!("parsing {}", path.display()))?;
+    if let Some(kind) = value.get("peft_type").and_then(|v| v.as_str()).filter(|k| *k != "LORA") {
+        bail!("{}: peft_type `{kind}` is not supported (only LORA)", path.display());
+    }
     let field = |name: &str| value.get(name).with_context(|| format!("{}: missing `{name}`", path.display()));
     let rank = field("r")?.as_u64().with_context(|| format!("{}: `r` is not an integer", path.display()))?;
     let alpha =
         field("lora_alpha")?.as_f64().with_context(|| format!("{}: `lora_alpha` is not a number", path.display()))?;
-    let target_modules: Vec<String> = serde_json::from_value(field("target_modules")?.clone())
-        .with_context(|| format!("{}: `target_modules` is not a list of names", path.display()))?;
-    let dropout = value.get("lora_dropout").and_then(|v| v.as_f64()).unwrap_or(0.0) as f32;
-    Ok(LoraConfig { rank: rank as usize, alpha, dropout, target_modules })
+    let target_modules: TargetModules = serde_json::from_value(field("target_modules")?.clone())
+        .with_context(|| format!("{}: `target_modules` is neither a list of names nor a pattern", path.display()))?;
+    let dropout = match value.get("lora_dropout") {
+        None | Some(serde_json::Value::Null) => 0.0,
+        Some(v) => v.as_f64().with_context(|| format!("{}: `lora_dropout` is not a number", path.display()))?,
+    };
+    let config = LoraConfig { rank: rank as usize, alpha, dropout, target_modules };
+    config.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(config)
 }
 
 fn is_head_tensor(arch: Arch, key: &str) -> bool {
@@ -443,7 +475,7 @@ fn head_tensors(arch: Arch, head: &RewardHead) -> Vec<(String, Tensor)> {
     out
 }
 
-/// Writes safetensors through a temporary file and a rename.
+/// Writes safetensors through a temporary file, synced, and a rename.
 pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
     let tensors: HashMap<String, Tensor> = tensors
         .iter()
@@ -452,5 +484,6 @@ pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Resul
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("model.safetensors");
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     candle_core::safetensors::save(&tensors, &tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    sync_file(&tmp).with_context(|| format!("syncing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
 }

@@ -62,11 +62,66 @@ fn bad_input_line_and_offline_hub_id_give_clear_errors() {
 }
 
 #[test]
-fn prepare_reports_the_bad_record_and_suggests_skip_invalid() {
+fn prepare_converts_the_shipped_sample_without_skip_invalid_and_locates_a_broken_record() {
     let sample = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample");
     let out = tempfile::tempdir().unwrap();
     let run = rmroute(&["prepare", "--input", sample.to_str().unwrap(), "--out", out.path().to_str().unwrap()]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("stats.json")).unwrap()).unwrap();
+    assert_eq!(stats["domains"]["anthropic"]["dropped"]["empty final Assistant turn"], 2);
+
+    let raw = tempfile::tempdir().unwrap();
+    let file = raw.path().join("anthropic/test.jsonl");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::write(&file, "{\"chosen\": \"\\n\\nHuman: a\\n\\nAssistant: b\", \"rejected\": 5}\n").unwrap();
+    let run = rmroute(&["prepare", "--input", raw.path().to_str().unwrap(), "--out", out.path().to_str().unwrap()]);
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success());
-    assert!(err.contains("harmless-base/test.jsonl:87: field `chosen`") && err.contains("--skip-invalid"), "{err}");
+    assert!(err.contains("test.jsonl:1: field `rejected`") && err.contains("--skip-invalid"), "{err}");
+}
+
+#[test]
+fn score_refuses_an_encoder_without_a_reward_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"prompt\": \"Is the sky blue?\", \"response\": \"Yes.\"}\n").unwrap();
+    let model = common::fetched_model("all-MiniLM-L6-v2");
+    let run = rmroute(&["score", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(), "--quiet"]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "rewards from a random head: {}", String::from_utf8_lossy(&run.stdout));
+    assert!(err.contains("no reward head") && err.contains("classifier.weight"), "{err}");
+}
+
+#[test]
+fn score_takes_a_peft_adapter_directory_for_the_model() {
+    use rmroute::lora::{LoraConfig, TargetModules};
+    use rmroute::model::{LoadOptions, RewardModel};
+    use rmroute::nn::Adapters;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    common::write_tiny_deberta(&base, 3, &common::TinyDeberta { with_head: false, ..Default::default() });
+    let mut model = RewardModel::load(&base, &LoadOptions::default()).unwrap();
+    let lora = LoraConfig { rank: 2, alpha: 4.0, dropout: 0.0, target_modules: TargetModules::names(&["query_proj"]) };
+    model.add_adapter("x", &lora, 5).unwrap();
+    for (_, var) in model.trainable_vars(&["x"]) {
+        var.set(&(var.as_tensor() + 0.05).unwrap()).unwrap();
+    }
+    let adapter = dir.path().join("my-adapter");
+    model.save_adapter("x", &adapter, base.to_str().unwrap()).unwrap();
+    let want = model.score(&[("w4 w5", "w6 w7")], 1, &Adapters::One("x".into())).unwrap()[0];
+
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"prompt\": \"w4 w5\", \"response\": \"w6 w7\"}\n").unwrap();
+    let out = dir.path().join("out.jsonl");
+    let (base, adapter, input, out_s) =
+        (base.to_str().unwrap(), adapter.to_str().unwrap(), input.to_str().unwrap(), out.to_str().unwrap());
+    let run = rmroute(&["score", "--model", base, "--adapter", adapter, "--input", input, "--out", out_s, "--quiet"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let line: serde_json::Value = serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
+    assert!((line["reward"].as_f64().unwrap() - want as f64).abs() < 1e-5, "{line} vs {want}");
+
+    let run = rmroute(&["score", "--model", base, "--adapter", "missing", "--input", input, "--quiet"]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && err.contains("no adapter `missing`"), "{err}");
 }

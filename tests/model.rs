@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
-use rmroute::lora::LoraConfig;
+use rmroute::lora::{LoraConfig, TargetModules};
 use rmroute::model::{LoadOptions, RewardModel};
 use rmroute::nn::{Adapters, Ctx};
 use rmroute::train::loss::pairwise_loss;
@@ -22,9 +22,15 @@ fn lora() -> LoraConfig {
         rank: 4,
         alpha: 8.0,
         dropout: 0.1,
-        target_modules: ["query_proj", "key_proj", "value_proj", "dense", "query", "key", "value"]
-            .map(String::from)
-            .to_vec(),
+        target_modules: TargetModules::names(&[
+            "query_proj",
+            "key_proj",
+            "value_proj",
+            "dense",
+            "query",
+            "key",
+            "value",
+        ]),
     }
 }
 
@@ -87,7 +93,13 @@ fn every_adapter_tensor_and_head_gets_a_gradient_and_the_base_none() {
             "{names:?}"
         );
         // 2 layers × 6 targeted linears × (A, B), plus the adapter's head (4 tensors).
-        assert_all_grads_nonzero(&model, &["hh"], &Ctx::train(3).with_adapters(Adapters::One("hh".into())), 28);
+        let ctx = Ctx::train(3).with_adapters(Adapters::One("hh".into()));
+        assert_all_grads_nonzero(&model, &["hh"], &ctx, 28);
+        // and no frozen base weight is even in the graph's gradients
+        let grads = loss(&model, &ctx).backward().unwrap();
+        for layer in model.encoder.lora_linears() {
+            assert!(grads.get(&layer.weight).is_none(), "{} got a gradient", layer.path);
+        }
     }
 }
 
@@ -169,9 +181,21 @@ fn peft_adapter_round_trip_is_bit_identical_and_keeps_the_head() {
         (config["r"].as_u64(), config["lora_alpha"].as_f64(), config["peft_type"].as_str()),
         (Some(4), Some(8.0), Some("LORA"))
     );
+    // The config's value as written, not an f32 widened to 0.10000000149011612.
+    let text = std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap();
+    assert!(text.contains("\"lora_dropout\": 0.1,"), "{text}");
+    // target_modules is a pattern PEFT matches against whole module paths: exactly the adapted layers.
+    let pattern = regex::Regex::new(config["target_modules"].as_str().expect("a pattern")).unwrap();
+    let adapted: Vec<&str> = model.encoder.lora_linears().iter().map(|l| l.path.as_str()).collect();
+    assert_eq!(adapted.len(), 12);
+    assert!(adapted.iter().all(|p| pattern.is_match(p)));
+    for other in ["pooler.dense", "classifier", "deberta.encoder.layer.0.attention.self.query_proj.x"] {
+        assert!(!pattern.is_match(other), "{other} would be adapted in PEFT");
+    }
 
     // A fresh base (with a different random head) plus the adapter gives the same rewards, bit for bit.
-    let mut reloaded = RewardModel::load(dir.path(), &LoadOptions { seed: 77, ..Default::default() }).unwrap();
+    let fresh_head = LoadOptions { seed: 77, new_head: true, ..Default::default() };
+    let mut reloaded = RewardModel::load(dir.path(), &fresh_head).unwrap();
     reloaded.load_adapter(out.path(), "hh", false).unwrap();
     let again = out.path().join("again");
     reloaded.save_adapter("hh", &again, "tiny").unwrap();
@@ -246,13 +270,128 @@ fn a_missing_tensor_is_named() {
 
 #[test]
 fn a_reward_is_the_same_alone_and_in_a_padded_batch_on_minilm() {
-    let model =
-        RewardModel::load(&common::fetched_model("all-MiniLM-L6-v2"), &LoadOptions { seed: 1, ..Default::default() })
-            .unwrap();
+    let opts = LoadOptions { seed: 1, new_head: true, ..Default::default() };
+    let model = RewardModel::load(&common::fetched_model("all-MiniLM-L6-v2"), &opts).unwrap();
     let short = ("Is the sky blue?", "Yes.");
     let long = ("Explain in detail why the sky is blue during the day and red at sunset.", "Because of Rayleigh scattering: shorter wavelengths scatter more strongly in the atmosphere, so blue light reaches us from all directions, while at sunset light travels through more air and the blue is scattered away.");
     let alone = model.score(&[short], 1, &Adapters::None).unwrap()[0];
     let batched = model.score(&[long, short, long], 3, &Adapters::None).unwrap();
     assert!((alone - batched[1]).abs() <= 1e-5, "{alone} vs {}", batched[1]);
     assert!((batched[0] - batched[2]).abs() <= 1e-6);
+}
+
+#[test]
+fn an_encoder_without_a_reward_head_refuses_to_score_and_names_the_missing_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_bert(dir.path(), 5, true, false);
+    let model = RewardModel::load(dir.path(), &LoadOptions::default()).unwrap();
+    let err = model.score(&[("w4", "w5")], 1, &Adapters::None).unwrap_err().to_string();
+    assert!(err.contains("no reward head") && err.contains("classifier.weight"), "{err}");
+    assert!(err.contains("bert.pooler.dense.weight"), "{err}");
+    let err = model.score(&[("w4", "w5")], 1, &Adapters::PerRow(vec![None])).unwrap_err().to_string();
+    assert!(err.contains("no reward head"), "{err}");
+    // Training may start from it: the new head is listed, once, for the caller to say so.
+    let opts = LoadOptions { new_head: true, ..Default::default() };
+    let model = RewardModel::load(dir.path(), &opts).unwrap();
+    assert_eq!(model.new_head.len(), 4, "{:?}", model.new_head);
+    assert!(model.score(&[("w4", "w5")], 1, &Adapters::None).is_ok());
+}
+
+#[test]
+fn an_unknown_per_row_adapter_is_an_error_not_a_reward_of_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_deberta(dir.path(), 6, &common::TinyDeberta::default());
+    let mut model = RewardModel::load(dir.path(), &LoadOptions::default()).unwrap();
+    model.add_adapter("a", &lora(), 2).unwrap();
+    let names = vec![Some("a".to_string()), Some("nope".to_string())];
+    let err = model.score(&[("w4", "w5"), ("w6", "w7")], 2, &Adapters::PerRow(names)).unwrap_err().to_string();
+    assert!(err.contains("no adapter named `nope`") && err.contains("have: a"), "{err}");
+}
+
+/// The tensors of a checkpoint file that are floating point, counted.
+fn float_elements(path: &std::path::Path) -> usize {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    tensors.values().filter(|t| t.dtype().is_float()).map(|t| t.elem_count()).sum()
+}
+
+#[test]
+fn parameter_counts_are_what_the_forward_pass_uses() {
+    // transformers' BertForSequenceClassification(num_labels=1).num_parameters() on all-MiniLM-L6-v2
+    let opts = LoadOptions { new_head: true, ..Default::default() };
+    let minilm = RewardModel::load(&common::fetched_model("all-MiniLM-L6-v2"), &opts).unwrap();
+    assert_eq!(minilm.parameter_count(), 22_713_601);
+    // A transformers-made DebertaV2ForSequenceClassification: every tensor it saved is a parameter.
+    let fixture = common::fixture("tiny-deberta-v3-rm");
+    let rm = RewardModel::load(&fixture, &LoadOptions::default()).unwrap();
+    assert_eq!(rm.parameter_count(), float_elements(&fixture.join("model.safetensors")));
+
+    // An MLM head and integer position ids in the checkpoint are not parameters of a reward model.
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_deberta(dir.path(), 8, &common::TinyDeberta::default());
+    let path = dir.path().join("model.safetensors");
+    let plain = RewardModel::load(dir.path(), &LoadOptions::default()).unwrap().parameter_count();
+    assert_eq!(plain, float_elements(&path));
+    let mut tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    tensors.insert("lm_predictions.lm_head.bias".into(), Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap());
+    tensors.insert("mask_predictions.dense.weight".into(), Tensor::zeros((32, 32), DType::F32, &Device::Cpu).unwrap());
+    tensors.insert("deberta.embeddings.position_ids".into(), Tensor::zeros((1, 64), DType::I64, &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+    let model = RewardModel::load(dir.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(model.parameter_count(), plain);
+    // and a saved model keeps only what it uses
+    let out = tempfile::tempdir().unwrap();
+    model.save_pretrained(&out.path().join("m")).unwrap();
+    let saved = candle_core::safetensors::load(out.path().join("m/model.safetensors"), &Device::Cpu).unwrap();
+    assert!(!saved.keys().any(|k| k.contains("predictions") || k.contains("position_ids")));
+}
+
+fn edit_json(path: &std::path::Path, key: &str, value: serde_json::Value) {
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    config[key] = value;
+    std::fs::write(path, serde_json::to_vec(&config).unwrap()).unwrap();
+}
+
+#[test]
+fn bad_checkpoint_and_adapter_configs_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_bert(dir.path(), 1, true, true);
+    let config = dir.path().join("config.json");
+    edit_json(&config, "hidden_size", "big".into());
+    let err = format!("{:#}", RewardModel::load(dir.path(), &LoadOptions::default()).err().unwrap());
+    assert!(err.contains("`hidden_size`") && err.contains("invalid type"), "{err}");
+    edit_json(&config, "hidden_size", 32.into());
+    edit_json(&config, "num_attention_heads", 0.into());
+    let err = format!("{:#}", RewardModel::load(dir.path(), &LoadOptions::default()).err().unwrap());
+    assert!(err.contains("`num_attention_heads` must be positive"), "{err}");
+    edit_json(&config, "num_attention_heads", 5.into());
+    let err = format!("{:#}", RewardModel::load(dir.path(), &LoadOptions::default()).err().unwrap());
+    assert!(err.contains("not a multiple"), "{err}");
+    edit_json(&config, "num_attention_heads", 4.into());
+
+    let mut model = RewardModel::load(dir.path(), &LoadOptions::default()).unwrap();
+    model.add_adapter("x", &lora(), 1).unwrap();
+    let adapter = dir.path().join("adapters/x");
+    model.save_adapter("x", &adapter, "tiny").unwrap();
+    edit_json(&adapter.join("adapter_config.json"), "r", 0.into());
+    let err = format!("{:#}", model.load_adapter(&adapter, "y", false).unwrap_err());
+    assert!(err.contains("adapter_config.json") && err.contains("`r` must be positive"), "{err}");
+}
+
+#[test]
+fn save_pretrained_replaces_the_whole_directory_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_bert(dir.path(), 4, true, true);
+    let model = RewardModel::load(dir.path(), &LoadOptions::default()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("model");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("stale.bin"), b"old").unwrap();
+    model.save_pretrained(&target).unwrap();
+    let mut names: Vec<String> =
+        std::fs::read_dir(&target).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    names.sort();
+    assert_eq!(names, ["config.json", "model.safetensors", "tokenizer.json"]);
+    let siblings: Vec<String> =
+        std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
+    assert_eq!(siblings, ["model"], "no temporary directory is left behind");
 }

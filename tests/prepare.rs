@@ -70,23 +70,20 @@ fn anthropic_splits_prompt_and_final_turn_and_counts_dropped_pairs() {
 }
 
 #[test]
-fn anthropic_empty_reply_names_file_line_and_field_or_is_counted() {
+fn anthropic_empty_final_turn_is_a_conversion_rule_dropped_and_counted_by_default() {
     let raw = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let text = [
         anthropic_line(&hh("\n\nHuman: Q", "fine"), &hh("\n\nHuman: Q", "bad")),
         anthropic_line(&hh("\n\nHuman: Q2", "yes"), &hh("\n\nHuman: Q2", " ")),
+        anthropic_line(&hh("\n\nHuman: Q3", ""), &hh("\n\nHuman: Q3", "no")),
     ]
     .concat();
-    let file = write(raw.path(), "anthropic/x/test.jsonl", &text);
-    let e = record_error(prepare(&options(raw.path(), out.path())));
-    assert_eq!((e.file.as_path(), e.line, e.field.as_deref()), (file.as_path(), 2, Some("rejected")));
-    assert!(!out.path().join("anthropic").exists(), "nothing is written when a record is bad");
-
-    let mut opts = options(raw.path(), out.path());
-    opts.skip_invalid = true;
-    let stats = prepare(&opts).unwrap();
-    assert_eq!(stats.domains["anthropic"].invalid.values().sum::<usize>(), 1);
+    write(raw.path(), "anthropic/x/test.jsonl", &text);
+    let stats = prepare(&options(raw.path(), out.path())).unwrap();
+    let s = &stats.domains["anthropic"];
+    assert_eq!(s.dropped["empty final Assistant turn"], 2);
+    assert!(s.invalid.is_empty());
     assert_eq!(pairs(out.path(), "anthropic", "train").len(), 1);
 }
 
@@ -171,6 +168,31 @@ fn hellaswag_jsonl_form_matches_the_text_form() {
     write(raw.path(), "hellaswag/hellaswag_val.jsonl", &line(4, serde_json::Value::Null));
     let e = record_error(prepare(&options(raw.path(), out.path())));
     assert_eq!(e.field.as_deref(), Some("label"));
+}
+
+#[test]
+fn hellaswag_original_files_test_on_the_validation_split() {
+    let raw = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let item = |ind: u64, label: Option<u64>| {
+        let mut v = serde_json::json!({"ind": ind, "activity_label": "Cooking", "ctx": format!("Context {ind}."),
+            "endings": ["one.", "two.", "three.", "four."], "split": "x"});
+        if let Some(l) = label {
+            v["label"] = l.into();
+        }
+        v.to_string() + "\n"
+    };
+    write(raw.path(), "hellaswag/hellaswag_train.jsonl", &(item(1, Some(0)) + &item(2, Some(1))));
+    write(raw.path(), "hellaswag/hellaswag_val.jsonl", &(item(10, Some(2)) + &item(11, Some(3)) + &item(12, Some(0))));
+    write(raw.path(), "hellaswag/hellaswag_test.jsonl", &item(20, None));
+    let stats = prepare(&options(raw.path(), out.path())).unwrap();
+    let test = pairs(out.path(), "hellaswag", "test");
+    let ids: Vec<&str> = test.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["hellaswag/hellaswag_val/10", "hellaswag/hellaswag_val/11", "hellaswag/hellaswag_val/12"]);
+    assert_eq!(pairs(out.path(), "hellaswag", "train").len(), 2);
+    let s = &stats.domains["hellaswag"];
+    assert_eq!(s.unused_files, ["hellaswag_test.jsonl"]);
+    assert!(s.split.contains("validation"), "{}", s.split);
 }
 
 fn message(

@@ -10,10 +10,10 @@ use rmroute::config::TrainConfig;
 use rmroute::data::prepare::{prepare, PrepareOptions};
 use rmroute::data::read_pairs;
 use rmroute::eval::accuracy_by_domain;
-use rmroute::lora::LoraConfig;
+use rmroute::load::{load_scorer, ScoreOptions};
+use rmroute::lora::{LoraConfig, TargetModules};
 use rmroute::methods::baseline::train_baseline;
-use rmroute::model::{LoadOptions, RewardModel};
-use rmroute::nn::Adapters;
+use rmroute::model::LoadOptions;
 use rmroute::train::trainer::RunOptions;
 
 /// 96 OASST pairs from the shipped sample, as both the train and the test file (train-set accuracy).
@@ -27,7 +27,7 @@ fn oasst_96(dir: &Path) {
         max_pairs: None,
         test_fraction: 0.1,
         seed: 42,
-        skip_invalid: true,
+        skip_invalid: false,
     };
     prepare(&opts).unwrap();
     let pairs = read_pairs(&prepared.join("oasst/train.jsonl")).unwrap();
@@ -40,15 +40,9 @@ fn oasst_96(dir: &Path) {
 
 fn train_accuracy(cfg: &TrainConfig) -> f64 {
     let run = train_baseline(cfg, candle_core::Device::Cpu, &RunOptions { quiet: true, ..Default::default() }).unwrap();
-    let mut model = RewardModel::load(&run, &LoadOptions::default()).unwrap();
-    model.max_length = cfg.max_length;
-    let adapters = if cfg.lora.is_some() {
-        model.load_adapter(&run.join("adapters/default"), "default", false).unwrap();
-        Adapters::One("default".into())
-    } else {
-        Adapters::None
-    };
-    let (by_domain, _) = accuracy_by_domain(&model, &adapters, &cfg.data, &["oasst".to_string()], None).unwrap();
+    let scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
+    let (model, adapters) = (&scorer.model, &scorer.adapters);
+    let (by_domain, _) = accuracy_by_domain(model, adapters, &cfg.data, &["oasst".to_string()], None, 0).unwrap();
     by_domain["oasst"].accuracy
 }
 
@@ -83,7 +77,7 @@ fn minilm_lora_fits_96_real_oasst_pairs() {
         rank: 12,
         alpha: 24.0,
         dropout: 0.1,
-        target_modules: ["query", "key", "value", "dense"].map(String::from).to_vec(),
+        target_modules: TargetModules::names(&["query", "key", "value", "dense"]),
     };
     let cfg = TrainConfig { epochs: 5, lr: 5e-4, lora: Some(lora), ..config(data.path(), &out.path().join("lora")) };
     let accuracy = train_accuracy(&cfg);

@@ -8,8 +8,10 @@ use std::path::Path;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rmroute::config::TrainConfig;
-use rmroute::eval::accuracy_by_domain;
-use rmroute::lora::LoraConfig;
+use rmroute::encoding::Truncation;
+use rmroute::eval::{accuracy_by_domain, test_pairs};
+use rmroute::load::{load_scorer, ScoreOptions};
+use rmroute::lora::{LoraConfig, TargetModules};
 use rmroute::methods::baseline::train_baseline;
 use rmroute::model::{LoadOptions, RewardModel};
 use rmroute::nn::Adapters;
@@ -58,16 +60,15 @@ fn config(backbone: &Path, data: &Path, out: &Path) -> TrainConfig {
 }
 
 fn test_accuracy(run: &Path, data: &Path) -> f64 {
-    let model = RewardModel::load(run, &LoadOptions::default()).unwrap();
-    let mut model = model;
-    let adapters = if run.join("adapters/default").is_dir() {
-        model.load_adapter(&run.join("adapters/default"), "default", false).unwrap();
-        Adapters::One("default".into())
-    } else {
-        Adapters::None
-    };
-    let (by_domain, _) = accuracy_by_domain(&model, &adapters, data, &["dahoas".to_string()], None).unwrap();
+    let scorer = load_scorer(run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
+    assert_eq!(scorer.adapters, Adapters::None, "a run scores with its top-level model");
+    let (by_domain, _) =
+        accuracy_by_domain(&scorer.model, &scorer.adapters, data, &["dahoas".to_string()], None, 0).unwrap();
     by_domain["dahoas"].accuracy
+}
+
+fn marker_pairs() -> Vec<(&'static str, &'static str)> {
+    vec![("w9 w10", "w5 w11 w12"), ("w9 w10", "w6 w11 w12"), ("w20 w21 w22", "w30 w5"), ("w20 w21 w22", "w30 w6")]
 }
 
 fn quiet() -> RunOptions {
@@ -88,7 +89,7 @@ fn baseline_learns_the_marker_task() {
 }
 
 #[test]
-fn baselora_learns_the_marker_task_and_leaves_every_base_weight_bit_identical() {
+fn baselora_learns_the_marker_task_and_its_run_directory_is_the_merged_model() {
     let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     common::write_tiny_deberta(base.path(), 1, &common::TinyDeberta { with_head: false, ..Default::default() });
     write_marker_task(data.path(), 160, 100);
@@ -98,22 +99,132 @@ fn baselora_learns_the_marker_task_and_leaves_every_base_weight_bit_identical() 
         rank: 8,
         alpha: 16.0,
         dropout: 0.0,
-        target_modules: ["query_proj", "key_proj", "value_proj", "dense"].map(String::from).to_vec(),
+        target_modules: TargetModules::names(&["query_proj", "key_proj", "value_proj", "dense"]),
     });
     let run = train_baseline(&cfg, candle_core::Device::Cpu, &quiet()).unwrap();
     let accuracy = test_accuracy(&run, data.path());
     assert!(accuracy >= 0.95, "test accuracy {accuracy}");
-    let before =
+
+    // The run directory is the merged model, so transformers loads what rmroute scores; the adapter
+    // on the untouched backbone gives the same rewards.
+    let meta = rmroute::run::RunMeta::read(&run).unwrap();
+    assert!(meta.model.contains("merged"), "{}", meta.model);
+    assert!(meta.adapters.contains_key("default"));
+    let merged = RewardModel::load(&run, &LoadOptions::default()).unwrap();
+    let choice = ScoreOptions { adapter: Some("default".into()), ..Default::default() };
+    let adapter = load_scorer(&run, &LoadOptions::default(), &choice).unwrap();
+    assert_eq!(adapter.adapters, Adapters::One("default".into()));
+    let a = merged.score(&marker_pairs(), 4, &Adapters::None).unwrap();
+    let b = adapter.model.score(&marker_pairs(), 4, &adapter.adapters).unwrap();
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4), "{a:?} vs {b:?}");
+    assert!(a[0] > a[1] && a[2] > a[3], "{a:?}");
+    let saved = candle_core::safetensors::load(run.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let base =
         candle_core::safetensors::load(base.path().join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
-    let after = candle_core::safetensors::load(run.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
-    let mut compared = 0;
-    for (name, t) in &before {
-        let a = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let b = after[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{name} changed");
-        compared += 1;
+    let query = "deberta.encoder.layer.0.attention.self.query_proj.weight";
+    assert_ne!(
+        saved[query].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        base[query].flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        "the top-level model has the adapter merged in"
+    );
+    assert!(saved.contains_key("classifier.weight") && saved.contains_key("pooler.dense.weight"));
+
+    // Parameters: the backbone's encoder once, the adapter's A/B and its head — no unused base head.
+    let adapter_file = candle_core::safetensors::load(
+        run.join("adapters/default/adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let lora: usize = adapter_file.iter().filter(|(k, _)| k.contains(".lora_")).map(|(_, t)| t.elem_count()).sum();
+    assert!(lora > 0);
+    assert_eq!(meta.total_parameters, merged.parameter_count() + lora);
+}
+
+#[test]
+fn baselora_optimizer_holds_only_the_adapter_and_its_head() {
+    let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    common::write_tiny_deberta(base.path(), 1, &common::TinyDeberta { with_head: false, ..Default::default() });
+    write_marker_task(data.path(), 32, 4);
+    let mut cfg = config(base.path(), data.path(), &out.path().join("run"));
+    cfg.lora = Some(LoraConfig { rank: 2, alpha: 4.0, dropout: 0.0, target_modules: TargetModules::names(&["dense"]) });
+    let stop = RunOptions { quiet: true, stop_after: Some(1), ..Default::default() };
+    let err = train_baseline(&cfg, candle_core::Device::Cpu, &stop).unwrap_err();
+    assert!(err.downcast_ref::<StoppedEarly>().is_some(), "{err}");
+    // The checkpoint holds exactly the optimizer's variables.
+    let held =
+        candle_core::safetensors::load(cfg.out.join("checkpoint/weights.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let names: Vec<&String> = held.keys().collect();
+    assert_eq!(names.len(), 2 * 2 * 3 + 4, "{names:?}");
+    for name in names {
+        let adapter = name.contains(".lora_A.") || name.contains(".lora_B.");
+        let head =
+            name.ends_with("classifier.weight") || name.ends_with("classifier.bias") || name.contains("pooler.dense");
+        assert!(adapter || head, "the optimizer holds base tensor {name}");
     }
-    assert!(compared > 30);
+}
+
+#[test]
+fn a_finished_run_is_not_overwritten_without_force() {
+    let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    common::write_tiny_bert(base.path(), 2, true, false);
+    write_marker_task(data.path(), 16, 4);
+    let mut cfg = config(base.path(), data.path(), &out.path().join("run"));
+    cfg.epochs = 1;
+    let run = train_baseline(&cfg, candle_core::Device::Cpu, &quiet()).unwrap();
+    std::fs::write(run.join("results.json"), b"{}").unwrap();
+    let err = train_baseline(&cfg, candle_core::Device::Cpu, &quiet()).unwrap_err().to_string();
+    assert!(err.contains("finished run") && err.contains("--force"), "{err}");
+    assert!(run.join("results.json").is_file());
+    let force = RunOptions { quiet: true, force: true, ..Default::default() };
+    train_baseline(&cfg, candle_core::Device::Cpu, &force).unwrap();
+    assert!(!run.join("results.json").exists(), "old results do not outlive their run");
+    assert!(run.join("rmroute.json").is_file());
+
+    let stranger = out.path().join("notes");
+    std::fs::create_dir_all(&stranger).unwrap();
+    std::fs::write(stranger.join("todo.txt"), b"mine").unwrap();
+    cfg.out = stranger.clone();
+    let err = train_baseline(&cfg, candle_core::Device::Cpu, &force).unwrap_err().to_string();
+    assert!(err.contains("not an rmroute run directory"), "{err}");
+    assert!(stranger.join("todo.txt").is_file());
+}
+
+#[test]
+fn the_truncation_used_in_training_is_recorded_and_used_for_scoring() {
+    let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    common::write_tiny_bert(base.path(), 2, true, false);
+    write_marker_task(data.path(), 16, 4);
+    let mut cfg = config(base.path(), data.path(), &out.path().join("run"));
+    (cfg.epochs, cfg.max_length, cfg.truncation) = (1, 12, Truncation::KeepPromptEnd);
+    let run = train_baseline(&cfg, candle_core::Device::Cpu, &quiet()).unwrap();
+    let meta = rmroute::run::RunMeta::read(&run).unwrap();
+    assert_eq!(meta.config.truncation, Truncation::KeepPromptEnd);
+    assert!(meta.truncated_pairs > 0, "prompts of 4 words and responses of 6 overflow 12 tokens");
+    let scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
+    assert_eq!((scorer.model.tokens.truncation, scorer.model.max_length()), (Truncation::KeepPromptEnd, 12));
+    let choice =
+        ScoreOptions { truncation: Some(Truncation::LongestFirst), max_length: Some(16), ..Default::default() };
+    let scorer = load_scorer(&run, &LoadOptions::default(), &choice).unwrap();
+    assert_eq!((scorer.model.tokens.truncation, scorer.model.max_length()), (Truncation::LongestFirst, 16));
+}
+
+#[test]
+fn eval_samples_test_pairs_with_the_seed_and_refuses_an_empty_split() {
+    let data = tempfile::tempdir().unwrap();
+    write_marker_task(data.path(), 4, 60);
+    let all = test_pairs(data.path(), "dahoas", None, 1).unwrap();
+    let ids = |pairs: &[rmroute::data::PairRecord]| pairs.iter().map(|p| p.id.clone()).collect::<Vec<_>>();
+    let a = test_pairs(data.path(), "dahoas", Some(10), 1).unwrap();
+    assert_eq!(a.len(), 10);
+    assert_ne!(ids(&a), ids(&all[..10]), "not simply the first pairs of the file");
+    assert_eq!(ids(&a), ids(&test_pairs(data.path(), "dahoas", Some(10), 1).unwrap()), "same seed, same sample");
+    assert_ne!(ids(&a), ids(&test_pairs(data.path(), "dahoas", Some(10), 2).unwrap()));
+    let position = |id: &String| all.iter().position(|p| &p.id == id).unwrap();
+    assert!(ids(&a).windows(2).all(|w| position(&w[0]) < position(&w[1])), "kept in file order");
+    std::fs::write(data.path().join("dahoas/test.jsonl"), "").unwrap();
+    let err = test_pairs(data.path(), "dahoas", None, 1).unwrap_err().to_string();
+    assert!(err.contains("has no pairs"), "{err}");
 }
 
 #[test]
@@ -128,14 +239,14 @@ fn a_killed_run_resumed_equals_the_uninterrupted_run() {
     let whole = train_baseline(&cfg, candle_core::Device::Cpu, &quiet()).unwrap();
 
     cfg.out = out.path().join("killed");
-    let stop = RunOptions { quiet: true, resume: false, stop_after: Some(7) };
+    let stop = RunOptions { quiet: true, stop_after: Some(7), ..Default::default() };
     let err = train_baseline(&cfg, candle_core::Device::Cpu, &stop).unwrap_err();
     assert!(err.downcast_ref::<StoppedEarly>().is_some(), "{err}");
     assert!(cfg.out.join("checkpoint/state.json").is_file());
     let again = train_baseline(&cfg, candle_core::Device::Cpu, &quiet()).unwrap_err();
     assert!(again.to_string().contains("--resume"), "{again}");
     let resumed =
-        train_baseline(&cfg, candle_core::Device::Cpu, &RunOptions { quiet: true, resume: true, stop_after: None })
+        train_baseline(&cfg, candle_core::Device::Cpu, &RunOptions { quiet: true, resume: true, ..Default::default() })
             .unwrap();
 
     let a = candle_core::safetensors::load(whole.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();

@@ -100,12 +100,50 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn bert_config(&self) -> Result<BertConfig> {
-        serde_json::from_value(self.config.clone()).with_context(|| format!("{}/config.json", self.dir.display()))
+        let config: BertConfig = self.parse_config()?;
+        let (h, heads) = (config.hidden_size, config.num_attention_heads);
+        self.check(check_shape(h, heads, None, config.num_hidden_layers, config.vocab_size))?;
+        Ok(config)
     }
 
     pub fn deberta_config(&self) -> Result<DebertaConfig> {
-        serde_json::from_value(self.config.clone()).with_context(|| format!("{}/config.json", self.dir.display()))
+        let config: DebertaConfig = self.parse_config()?;
+        let (h, heads) = (config.hidden_size, config.num_attention_heads);
+        self.check(check_shape(h, heads, config.attention_head_size, config.num_hidden_layers, config.vocab_size))?;
+        Ok(config)
     }
+
+    fn parse_config<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        crate::config::from_value(&self.config).with_context(|| format!("{}/config.json", self.dir.display()))
+    }
+
+    fn check(&self, result: std::result::Result<(), String>) -> Result<()> {
+        result.map_err(|e| anyhow::anyhow!("{}/config.json: {e}", self.dir.display()))
+    }
+}
+
+/// Refuses encoder shapes that would divide by zero or build an empty model.
+fn check_shape(
+    hidden: usize,
+    heads: usize,
+    head_size: Option<usize>,
+    layers: usize,
+    vocab: usize,
+) -> std::result::Result<(), String> {
+    for (name, value) in
+        [("hidden_size", hidden), ("num_attention_heads", heads), ("num_hidden_layers", layers), ("vocab_size", vocab)]
+    {
+        if value == 0 {
+            return Err(format!("`{name}` must be positive"));
+        }
+    }
+    if head_size.is_none() && !hidden.is_multiple_of(heads) {
+        return Err(format!("`hidden_size` {hidden} is not a multiple of `num_attention_heads` {heads}"));
+    }
+    if head_size == Some(0) {
+        return Err("`attention_head_size` must be positive".into());
+    }
+    Ok(())
 }
 
 /// The files a checkpoint directory needs, as `(what, alternatives)`.

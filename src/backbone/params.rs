@@ -21,6 +21,10 @@ pub struct ParamStore {
     init_missing: bool,
     rng: Mutex<StdRng>,
     vars: Mutex<Vec<(String, Var)>>,
+    /// Every tensor handed out, by the name the model asked for: what the forward pass uses.
+    used: Mutex<Vec<(String, Tensor)>>,
+    /// Names the checkpoint lacked and that were initialised from the seed.
+    initialised: Mutex<Vec<String>>,
 }
 
 impl ParamStore {
@@ -33,6 +37,8 @@ impl ParamStore {
             init_missing: false,
             rng: Mutex::new(StdRng::seed_from_u64(0)),
             vars: Mutex::new(Vec::new()),
+            used: Mutex::new(Vec::new()),
+            initialised: Mutex::new(Vec::new()),
         })
     }
 
@@ -45,6 +51,8 @@ impl ParamStore {
             init_missing: true,
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             vars: Mutex::new(Vec::new()),
+            used: Mutex::new(Vec::new()),
+            initialised: Mutex::new(Vec::new()),
         })
     }
 
@@ -55,6 +63,18 @@ impl ParamStore {
     /// The trainable variables handed out so far, with their full names, in creation order.
     pub fn vars(&self) -> Vec<(String, Var)> {
         self.vars.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// The tensors handed out so far (variables included, with their current values), by the names
+    /// the model asked for. Checkpoint tensors the model never asked for (an MLM head, integer
+    /// `position_ids`) are not among them.
+    pub fn used(&self) -> Vec<(String, Tensor)> {
+        self.used.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Names the checkpoint lacked, initialised from the seed.
+    pub fn initialised(&self) -> Vec<String> {
+        self.initialised.lock().map(|v| v.clone()).unwrap_or_default()
     }
 
     fn lookup(&self, name: &str) -> Option<&Tensor> {
@@ -109,18 +129,26 @@ impl candle_nn::var_builder::SimpleBackend for Shared {
                 }
                 t.clone()
             }
-            None if store.init_missing => store.init(&shape, init)?,
+            None if store.init_missing => {
+                if let Ok(mut names) = store.initialised.lock() {
+                    names.push(name.to_string());
+                }
+                store.init(&shape, init)?
+            }
             None => candle_core::bail!("missing tensor `{name}` in {}", store.source),
         };
-        let tensor = tensor.to_dtype(dtype)?.to_device(device)?;
-        if !store.trainable {
-            return Ok(tensor);
+        let mut tensor = tensor.to_dtype(dtype)?.to_device(device)?;
+        if store.trainable {
+            let var = Var::from_tensor(&tensor)?;
+            if let Ok(mut vars) = store.vars.lock() {
+                vars.push((name.to_string(), var.clone()));
+            }
+            tensor = var.as_tensor().clone();
         }
-        let var = Var::from_tensor(&tensor)?;
-        if let Ok(mut vars) = store.vars.lock() {
-            vars.push((name.to_string(), var.clone()));
+        if let Ok(mut used) = store.used.lock() {
+            used.push((name.to_string(), tensor.clone()));
         }
-        Ok(var.as_tensor().clone())
+        Ok(tensor)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> Result<Tensor> {
@@ -132,17 +160,5 @@ impl candle_nn::var_builder::SimpleBackend for Shared {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.0.lookup(name).is_some()
-    }
-}
-
-impl ParamStore {
-    /// Names of the checkpoint tensors this store holds.
-    pub fn names(&self) -> Vec<String> {
-        self.tensors.keys().cloned().collect()
-    }
-
-    /// A checkpoint tensor by name.
-    pub fn tensor(&self, name: &str) -> Option<Tensor> {
-        self.tensors.get(name).cloned()
     }
 }

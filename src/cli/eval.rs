@@ -2,17 +2,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 
 use rmroute::data::io::write_atomic;
-use rmroute::data::read_pairs;
-use rmroute::eval::{accuracy_by_domain, seconds_per_step, Results};
+use rmroute::eval::{accuracy_by_domain, seconds_per_step, test_pairs, Results};
+use rmroute::load::{load_scorer, ScoreOptions};
 use rmroute::model::LoadOptions;
-use rmroute::run::RunMeta;
 use rmroute::train::trainer::resolve_domains;
-
-use super::score::load_for_scoring;
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -25,28 +22,38 @@ pub struct EvalArgs {
     /// Where to write results.json (default: inside the run directory).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Test pairs per domain (default: all).
+    /// Test pairs per domain, sampled with --seed (default: all).
     #[arg(long)]
     pub max_pairs: Option<usize>,
+    /// Seeds the --max-pairs sample (default: the run's seed).
+    #[arg(long)]
+    pub seed: Option<u64>,
     #[arg(long, default_value = "cpu")]
     pub device: String,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let meta = RunMeta::read(&args.model)?;
     let opts = LoadOptions { device: super::device(&args.device)?, ..Default::default() };
-    let (mut model, adapters) = load_for_scoring(&args.model, None, &opts)?;
-    model.max_length = model.max_length.min(meta.config.max_length);
+    let scorer = load_scorer(&args.model, &opts, &ScoreOptions::default())?;
+    let Some(meta) = scorer.run.clone() else {
+        bail!(
+            "{} is not an rmroute run directory (no rmroute.json): `eval` evaluates what a `train-*` wrote; \
+             use `rmroute score` for other models",
+            args.model.display()
+        );
+    };
+    let (model, adapters) = (&scorer.model, &scorer.adapters);
     let domains = resolve_domains(&args.data, &meta.domains)?;
     let max_pairs = args.max_pairs.or(meta.config.max_eval_pairs);
-    let (by_domain, pairs_per_second) = accuracy_by_domain(&model, &adapters, &args.data, &domains, max_pairs)?;
+    let seed = args.seed.unwrap_or(meta.seed);
+    let (by_domain, pairs_per_second) = accuracy_by_domain(model, adapters, &args.data, &domains, max_pairs, seed)?;
     // Table 6's "one input from each dataset": the first test prompts and chosen responses of each domain.
     let mut samples = Vec::new();
     for d in &domains {
-        samples.extend(read_pairs(&args.data.join(d).join("test.jsonl"))?.into_iter().take(8));
+        samples.extend(test_pairs(&args.data, d, None, seed)?.into_iter().take(8));
     }
     let inputs: Vec<(&str, &str)> = samples.iter().map(|p| (p.prompt.as_str(), p.chosen.as_str())).collect();
-    let step = seconds_per_step(&model, &adapters, &inputs, 40)?;
+    let step = seconds_per_step(model, adapters, &inputs, 40)?;
     let mean = by_domain.values().map(|r| r.accuracy).sum::<f64>() / by_domain.len().max(1) as f64;
     let results = Results {
         method: meta.method.clone(),

@@ -10,8 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rmroute::backbone::resolve_model_dir;
 use rmroute::data::error::At;
 use rmroute::data::io::{read_lines, write_atomic};
-use rmroute::model::{LoadOptions, RewardModel};
-use rmroute::nn::Adapters;
+use rmroute::encoding::Truncation;
+use rmroute::load::{load_scorer, ScoreOptions};
+use rmroute::model::LoadOptions;
 
 use super::device;
 
@@ -27,14 +28,18 @@ pub struct ScoreArgs {
     /// Output JSONL; standard output when absent.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// The adapter to score with, when the model directory has several.
+    /// The adapter to score with: a name under `MODEL/adapters/`, or the directory of a PEFT adapter
+    /// (`adapter_config.json`, `adapter_model.safetensors`) for MODEL.
     #[arg(long)]
     pub adapter: Option<String>,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// Longest input in tokens (the end of the prompt and the start of the response are kept).
+    /// Longest input in tokens (default: the run's `max_length`, else the model's limit).
     #[arg(long)]
     pub max_length: Option<usize>,
+    /// How longer pairs are cut (default: the run's strategy, else longest_first as transformers does).
+    #[arg(long, value_enum)]
+    pub truncation: Option<Truncation>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -80,40 +85,17 @@ fn read_items(path: &Path) -> Result<Vec<Item>> {
     Ok(items)
 }
 
-/// Loads a model directory with its adapter, if it has any; returns the adapters to score with.
-pub fn load_for_scoring(dir: &Path, adapter: Option<&str>, opts: &LoadOptions) -> Result<(RewardModel, Adapters)> {
-    let mut model = RewardModel::load(dir, opts)?;
-    let adapters_dir = dir.join("adapters");
-    let mut names: Vec<String> = Vec::new();
-    if adapters_dir.is_dir() {
-        for entry in std::fs::read_dir(&adapters_dir)? {
-            let path = entry?.path();
-            if path.join("adapter_config.json").is_file() {
-                let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-                model.load_adapter(&path, &name, false)?;
-                names.push(name);
-            }
-        }
-    }
-    names.sort();
-    let chosen = match (adapter, names.as_slice()) {
-        (Some(a), _) if names.iter().any(|n| n == a) => Adapters::One(a.to_string()),
-        (Some(a), _) => bail!("no adapter `{a}` in {} (have: {})", adapters_dir.display(), names.join(", ")),
-        (None, []) => Adapters::None,
-        (None, [one]) => Adapters::One(one.clone()),
-        (None, _) => bail!("{} holds several adapters ({}): pick one with --adapter", dir.display(), names.join(", ")),
-    };
-    Ok((model, chosen))
-}
-
 pub fn run(args: ScoreArgs) -> Result<()> {
+    if args.max_length.is_some_and(|n| n < 8) {
+        bail!("--max-length must be at least 8");
+    }
     let dir = resolve_model_dir(&args.model)?;
     let opts = LoadOptions { device: device(&args.device)?, ..Default::default() };
-    let (mut model, adapters) = load_for_scoring(&dir, args.adapter.as_deref(), &opts)
-        .with_context(|| format!("loading the model in {}", dir.display()))?;
-    if let Some(max) = args.max_length {
-        model.max_length = max;
-    }
+    let choice =
+        ScoreOptions { adapter: args.adapter.clone(), max_length: args.max_length, truncation: args.truncation };
+    let scorer =
+        load_scorer(&dir, &opts, &choice).with_context(|| format!("loading the model in {}", dir.display()))?;
+    let (model, adapters) = (&scorer.model, &scorer.adapters);
     let items = read_items(&args.input)?;
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(items.len() as u64) };
     bar.set_style(ProgressStyle::with_template(
@@ -131,7 +113,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
                 Item::Single { prompt, response, .. } => inputs.push((prompt, response)),
             }
         }
-        let rewards = model.score(&inputs, inputs.len(), &adapters)?;
+        let rewards = model.score(&inputs, inputs.len(), adapters)?;
         let mut next = rewards.iter();
         for item in chunk {
             let mut take = || next.next().copied().unwrap_or(f32::NAN);

@@ -31,8 +31,11 @@ pub struct TrainArgs {
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Continue a killed run from its last checkpoint in the run directory.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "force")]
     pub resume: bool,
+    /// Replace a finished (or unfinished) run in the run directory, results included.
+    #[arg(long)]
+    pub force: bool,
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
@@ -65,7 +68,7 @@ impl TrainArgs {
     }
 
     fn options(&self) -> RunOptions {
-        RunOptions { quiet: self.quiet, resume: self.resume, stop_after: None }
+        RunOptions { quiet: self.quiet, resume: self.resume, stop_after: None, force: self.force }
     }
 }
 

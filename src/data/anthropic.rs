@@ -34,11 +34,9 @@ fn convert_line(at: &At, text: &str, id_prefix: &str) -> Result<Outcome, RecordE
     if prompt != rejected_prompt {
         return Ok(Outcome::Dropped("prompts differ"));
     }
-    if chosen_reply.is_empty() {
-        return Err(at.err(Some("chosen"), "empty final Assistant turn"));
-    }
-    if rejected_reply.is_empty() {
-        return Err(at.err(Some("rejected"), "empty final Assistant turn"));
+    // A known quirk of HH-RLHF (8 records in the official files): a conversion rule, not a broken record.
+    if chosen_reply.is_empty() || rejected_reply.is_empty() {
+        return Ok(Outcome::Dropped("empty final Assistant turn"));
     }
     Ok(Outcome::Pair(PairRecord {
         id: format!("{id_prefix}/{}", at.line),

@@ -89,3 +89,113 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::
     }
     result
 }
+
+/// Flushes a file's contents to disk.
+pub fn sync_file(path: &Path) -> std::io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// A directory written whole under a temporary name (`NAME.tmp` beside it), synced, then renamed into
+/// place, so a crash leaves the old directory or the new one, never a mix. A previous directory under
+/// the name is moved to `NAME.old` and removed after the swap.
+pub struct StagedDir {
+    staged: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl StagedDir {
+    pub fn new(target: &Path) -> std::io::Result<Self> {
+        let staged = sibling(target, "tmp")?;
+        if staged.exists() {
+            std::fs::remove_dir_all(&staged)?;
+        }
+        std::fs::create_dir_all(&staged)?;
+        Ok(Self { staged, target: target.to_path_buf(), committed: false })
+    }
+
+    /// Where to write the directory's contents.
+    pub fn path(&self) -> &Path {
+        &self.staged
+    }
+
+    /// Syncs every file, then swaps the staged directory in.
+    pub fn commit(mut self) -> std::io::Result<()> {
+        sync_tree(&self.staged)?;
+        let old = sibling(&self.target, "old")?;
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        if self.target.exists() {
+            std::fs::rename(&self.target, &old)?;
+        }
+        std::fs::rename(&self.staged, &self.target)?;
+        self.committed = true;
+        if let Some(parent) = self.target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(parent)?.sync_all()?;
+        }
+        if old.exists() {
+            std::fs::remove_dir_all(&old)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.staged);
+        }
+    }
+}
+
+/// `DIR/NAME.tag` beside `target`.
+pub fn sibling(target: &Path, tag: &str) -> std::io::Result<PathBuf> {
+    let name = target.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} does not end in a directory name", target.display()),
+        )
+    })?;
+    Ok(target.with_file_name(format!("{name}.{tag}")))
+}
+
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            sync_tree(&path)?;
+        } else {
+            sync_file(&path)?;
+        }
+    }
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_staged_directory_replaces_the_old_one_only_when_committed() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("artifact");
+        std::fs::create_dir_all(&target).unwrap();
+        std::fs::write(target.join("a.txt"), b"old a").unwrap();
+        std::fs::write(target.join("b.txt"), b"old b").unwrap();
+        {
+            // A crash before the commit: the old directory is untouched.
+            let staged = StagedDir::new(&target).unwrap();
+            std::fs::write(staged.path().join("a.txt"), b"new a").unwrap();
+        }
+        assert_eq!(std::fs::read(target.join("a.txt")).unwrap(), b"old a");
+        assert!(!root.path().join("artifact.tmp").exists());
+        let staged = StagedDir::new(&target).unwrap();
+        std::fs::write(staged.path().join("a.txt"), b"new a").unwrap();
+        staged.commit().unwrap();
+        assert_eq!(std::fs::read(target.join("a.txt")).unwrap(), b"new a");
+        assert!(!target.join("b.txt").exists(), "nothing of the old directory is mixed in");
+        let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().collect();
+        assert_eq!(left.len(), 1);
+    }
+}

@@ -218,20 +218,31 @@ fn prepare_domain(opts: &PrepareOptions, domain: &str) -> Result<Prepared, Prepa
         return Err(PrepareError::NoFiles { domain: domain.into(), dir, expected });
     }
     let splits: Vec<SourceSplit> = files.iter().map(|f| source_split(f)).collect();
-    let keeps_source_split = splits.contains(&SourceSplit::Train) && splits.contains(&SourceSplit::Test);
+    // HellaSwag's official test split has no labels: the paper's test set is its validation split.
+    let test_split = if domain == "hellaswag" && splits.contains(&SourceSplit::Validation) {
+        SourceSplit::Validation
+    } else {
+        SourceSplit::Test
+    };
+    let keeps_source_split = splits.contains(&SourceSplit::Train) && splits.contains(&test_split);
     let mut stats = DomainStats {
-        split: if keeps_source_split {
-            "the source's own train/test files".into()
-        } else {
-            format!("by a hash of the prompt, test fraction {} (the source has no train/test pair)", opts.test_fraction)
+        split: match (keeps_source_split, test_split) {
+            (true, SourceSplit::Validation) => "the source's train file, and its validation file as the test split \
+                (HellaSwag's test split has no labels; the paper tests on validation)"
+                .into(),
+            (true, _) => "the source's own train/test files".into(),
+            (false, _) => format!(
+                "by a hash of the prompt, test fraction {} (the source has no train/test pair)",
+                opts.test_fraction
+            ),
         },
         ..DomainStats::default()
     };
     let (mut train, mut test) = (Vec::new(), Vec::new());
     for (file, split) in files.iter().zip(splits) {
         let relative = file.strip_prefix(&dir).unwrap_or(file).display().to_string();
-        if keeps_source_split && !matches!(split, SourceSplit::Train | SourceSplit::Test) {
-            eprintln!("warning: {domain}: not using {relative}: the source's train/test files are used as the split");
+        if keeps_source_split && split != SourceSplit::Train && split != test_split {
+            eprintln!("warning: {domain}: not using {relative}: {}", stats.split);
             stats.unused_files.push(relative);
             continue;
         }
@@ -248,7 +259,7 @@ fn prepare_domain(opts: &PrepareOptions, domain: &str) -> Result<Prepared, Prepa
         }
         for pair in conversion.pairs {
             let to_test = match split {
-                _ if keeps_source_split => split == SourceSplit::Test,
+                _ if keeps_source_split => split == test_split,
                 _ => is_test(&pair.prompt, opts.test_fraction),
             };
             if to_test {

@@ -19,10 +19,14 @@ pub fn mix(seed: u64, key: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The prompt's place in [0, 1), uniform over prompts.
+pub fn unit(prompt: &str) -> f64 {
+    (mix(0, stable_hash(prompt.as_bytes())) >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// True when a pair with this prompt belongs to the test split.
 pub fn is_test(prompt: &str, test_fraction: f64) -> bool {
-    let unit = (mix(0, stable_hash(prompt.as_bytes())) >> 11) as f64 / (1u64 << 53) as f64;
-    unit < test_fraction
+    unit(prompt) < test_fraction
 }
 
 #[cfg(test)]
@@ -42,7 +46,18 @@ mod tests {
         let prompts: Vec<String> = (0..20_000).map(|i| format!("prompt number {i}")).collect();
         let test = prompts.iter().filter(|p| is_test(p, 0.1)).count();
         assert!((1_800..2_200).contains(&test), "{test} of 20000 in test");
-        assert!(prompts.iter().all(|p| is_test(p, 0.1) == is_test(p, 0.1)));
+        // Golden values from an independent Python implementation of FNV-1a + the SplitMix64 finaliser:
+        // a change of hash, mixing or scaling moves prompts between the splits, and these catch it.
+        let golden = [
+            ("prompt number 0", 0.950666454099482),
+            ("prompt number 1", 0.7953531821851347),
+            ("prompt number 3", 0.03797248002581355),
+            ("\n\nHuman: How do I boil an egg?\n\nAssistant:", 0.4237463213635788),
+        ];
+        for (prompt, want) in golden {
+            assert!((unit(prompt) - want).abs() < 1e-15, "{prompt:?}: {} vs {want}", unit(prompt));
+        }
+        assert!(is_test("prompt number 3", 0.1) && !is_test("prompt number 0", 0.1));
         assert_eq!(prompts.iter().filter(|p| is_test(p, 0.0)).count(), 0);
         assert_eq!(prompts.iter().filter(|p| is_test(p, 1.0)).count(), prompts.len());
     }

@@ -133,29 +133,66 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// One AdamW step against the formula worked by hand (as torch.optim.AdamW computes it).
-    #[test]
-    fn one_step_matches_torch_adamw() {
-        let var = Var::from_tensor(&Tensor::new(&[1.0f32, -2.0], &Device::Cpu).unwrap()).unwrap();
-        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, max_grad_norm: 0.0 };
-        let mut opt = AdamW::new(vec![("w".into(), var.clone())], cfg).unwrap();
-        let g = Tensor::new(&[0.5f32, -0.25], &Device::Cpu).unwrap();
-        opt.step(&[Some(g)], 0.01).unwrap();
-        let got = var.as_tensor().to_vec1::<f32>().unwrap();
-        // m̂ = g, v̂ = g², update = g/|g| = ±1; θ ← θ(1 − lr·wd) − lr·sign(g)
-        let want = [1.0 * (1.0 - 0.001) - 0.01, -2.0 * (1.0 - 0.001) + 0.01];
-        for (a, b) in got.iter().zip(want) {
-            assert!((*a as f64 - b).abs() < 1e-6, "{got:?} vs {want:?}");
+    /// torch.optim.AdamW's update written out in f64 for one scalar parameter (decoupled decay, bias
+    /// correction, eps outside the square root).
+    fn torch_adamw(theta: f64, grads: &[f64], lr: f64, wd: f64, (b1, b2, eps): (f64, f64, f64)) -> f64 {
+        let (mut theta, mut m, mut v) = (theta, 0.0, 0.0);
+        for (t, g) in grads.iter().enumerate() {
+            let t = (t + 1) as i32;
+            theta *= 1.0 - lr * wd;
+            m = b1 * m + (1.0 - b1) * g;
+            v = b2 * v + (1.0 - b2) * g * g;
+            let (m_hat, v_hat) = (m / (1.0 - b1.powi(t)), v / (1.0 - b2.powi(t)));
+            theta -= lr * m_hat / (v_hat.sqrt() + eps);
         }
+        theta
     }
 
+    /// Three steps with changing gradients: a lost or reset moment would give a different answer
+    /// from the second step on (one step cannot tell: its update is ±lr whatever the moments).
     #[test]
-    fn clipping_scales_to_the_max_norm() {
+    fn three_steps_match_torch_adamw() {
+        let var = Var::from_tensor(&Tensor::new(&[1.0f32, -2.0, 0.5], &Device::Cpu).unwrap()).unwrap();
+        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, max_grad_norm: 0.0 };
+        let mut opt = AdamW::new(vec![("w".into(), var.clone())], cfg).unwrap();
+        let grads = [[0.5, -0.25, 0.1], [-0.3, 0.8, 0.1], [0.05, 0.4, -2.0]];
+        for g in &grads {
+            let g: Vec<f32> = g.iter().map(|&x| x as f32).collect();
+            opt.step(&[Some(Tensor::new(g.as_slice(), &Device::Cpu).unwrap())], 0.01).unwrap();
+        }
+        let got = var.as_tensor().to_vec1::<f32>().unwrap();
+        for (i, start) in [1.0, -2.0, 0.5].into_iter().enumerate() {
+            let g: Vec<f64> = grads.iter().map(|step| step[i]).collect();
+            let want = torch_adamw(start, &g, 0.01, 0.1, (0.9, 0.999, 1e-8));
+            assert!((got[i] as f64 - want).abs() < 1e-6, "element {i}: {} vs {want}", got[i]);
+        }
+        // and with no decay for a bias: the name decides
+        let bias = Var::from_tensor(&Tensor::new(&[1.0f32], &Device::Cpu).unwrap()).unwrap();
+        let mut opt = AdamW::new(vec![("layer.bias".into(), bias.clone())], cfg).unwrap();
+        opt.step(&[Some(Tensor::new(&[0.5f32], &Device::Cpu).unwrap())], 0.01).unwrap();
+        let want = torch_adamw(1.0, &[0.5], 0.01, 0.0, (0.9, 0.999, 1e-8));
+        assert!((bias.as_tensor().to_vec1::<f32>().unwrap()[0] as f64 - want).abs() < 1e-6);
+    }
+
+    /// Clipping is visible in the moments (Adam's update itself hides the gradient's scale).
+    #[test]
+    fn clipping_scales_the_gradient_to_the_max_norm() {
         let var = Var::from_tensor(&Tensor::new(&[0.0f32, 0.0], &Device::Cpu).unwrap()).unwrap();
-        let cfg = AdamWConfig { beta1: 0.0, beta2: 0.0, eps: 0.0, weight_decay: 0.0, max_grad_norm: 1.0 };
+        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0 };
         let mut opt = AdamW::new(vec![("w".into(), var)], cfg).unwrap();
         let norm = opt.step(&[Some(Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap())], 0.1).unwrap();
         assert!((norm - 5.0).abs() < 1e-6);
+        let m = opt.state()["m.w"].to_vec1::<f32>().unwrap();
+        let v = opt.state()["v.w"].to_vec1::<f32>().unwrap();
+        // clipped gradient (0.6, 0.8): m = 0.1·g, v = 0.001·g²
+        for (got, want) in m.iter().zip([0.06, 0.08]).chain(v.iter().zip([0.00036, 0.00064])) {
+            assert!((*got as f64 - want).abs() < 1e-7, "{m:?} {v:?}");
+        }
+        // below the limit, nothing changes
+        let var = Var::from_tensor(&Tensor::new(&[0.0f32], &Device::Cpu).unwrap()).unwrap();
+        let mut opt = AdamW::new(vec![("w".into(), var)], cfg).unwrap();
+        opt.step(&[Some(Tensor::new(&[0.5f32], &Device::Cpu).unwrap())], 0.1).unwrap();
+        assert!((opt.state()["m.w"].to_vec1::<f32>().unwrap()[0] - 0.05).abs() < 1e-7);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
+use crate::data::io::{write_atomic, StagedDir};
 use crate::data::split::mix;
 use crate::data::{read_pairs, PairRecord};
 use crate::model::{save_safetensors, RewardModel};
@@ -31,6 +32,8 @@ pub struct RunOptions {
     pub resume: bool,
     /// Stop after this many optimizer steps (leaving a checkpoint), as if the run were killed there.
     pub stop_after: Option<usize>,
+    /// Replace a finished run (or an unfinished one) in the run directory.
+    pub force: bool,
 }
 
 /// The training pairs of the configured domains.
@@ -276,24 +279,16 @@ pub fn train(
 #[error("stopped after step {0} as asked; continue with --resume")]
 pub struct StoppedEarly(pub usize);
 
-/// Writes the checkpoint into a fresh directory, then swaps it in, so a crash leaves either the old
-/// checkpoint or the new one, never half of one.
+/// Writes the checkpoint into a fresh directory, syncs it, then swaps it in, so a crash leaves either
+/// the old checkpoint or the new one, never half of one.
 fn save_checkpoint(dir: &Path, optimizer: &AdamW, state: &CheckpointState) -> Result<()> {
-    let tmp = dir.with_extension("tmp");
-    let old = dir.with_extension("old");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp)?;
+    let staged = StagedDir::new(dir)?;
     let weights: HashMap<String, Tensor> =
         optimizer.vars().map(|(n, v)| (n.to_string(), v.as_tensor().clone())).collect();
-    save_safetensors(&weights, &tmp.join("weights.safetensors"))?;
-    save_safetensors(&optimizer.state(), &tmp.join("optimizer.safetensors"))?;
-    std::fs::write(tmp.join("state.json"), serde_json::to_vec_pretty(state)?)?;
-    let _ = std::fs::remove_dir_all(&old);
-    if dir.exists() {
-        std::fs::rename(dir, &old)?;
-    }
-    std::fs::rename(&tmp, dir)?;
-    let _ = std::fs::remove_dir_all(&old);
+    save_safetensors(&weights, &staged.path().join("weights.safetensors"))?;
+    save_safetensors(&optimizer.state(), &staged.path().join("optimizer.safetensors"))?;
+    write_atomic(&staged.path().join("state.json"), &serde_json::to_vec_pretty(state)?)?;
+    staged.commit()?;
     Ok(())
 }
 
@@ -336,6 +331,6 @@ fn keep_metrics_up_to(path: &Path, step: usize) -> Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    crate::data::io::write_atomic(path, kept.as_bytes())?;
+    write_atomic(path, kept.as_bytes())?;
     Ok(())
 }

@@ -1,0 +1,108 @@
+//! One way to load something to score with: an rmroute run directory (its `rmroute.json` says what
+//! the files are and how inputs were truncated in training), or a Hugging Face checkpoint with
+//! optional PEFT adapters under `adapters/<name>/` or elsewhere.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::backbone::resolve_model_dir;
+use crate::encoding::Truncation;
+use crate::model::{LoadOptions, RewardModel};
+use crate::nn::Adapters;
+use crate::run::RunMeta;
+
+/// A loaded model and the adapters a forward pass should use.
+pub struct Scorer {
+    pub model: RewardModel,
+    pub adapters: Adapters,
+    /// The run's description, when `dir` is an rmroute run.
+    pub run: Option<RunMeta>,
+}
+
+/// What the caller may override.
+#[derive(Debug, Clone, Default)]
+pub struct ScoreOptions {
+    /// An adapter name under `DIR/adapters/`, or the directory of a PEFT adapter.
+    pub adapter: Option<String>,
+    /// Longest input; default: the run's `max_length`, else the model's position limit.
+    pub max_length: Option<usize>,
+    /// Default: the run's strategy, else `longest_first` (transformers' default).
+    pub truncation: Option<Truncation>,
+}
+
+/// Loads `dir` for scoring.
+///
+/// An rmroute run scores with its top-level model (for BaseLoRA, the adapter merged into the
+/// backbone); naming one of its adapters scores with the backbone plus that adapter instead, which
+/// gives the same rewards. A plain checkpoint scores with its own head, or with the adapter named or
+/// the only one under `adapters/`.
+pub fn load_scorer(dir: &Path, opts: &LoadOptions, choice: &ScoreOptions) -> Result<Scorer> {
+    let run = if dir.join("rmroute.json").is_file() { Some(RunMeta::read(dir)?) } else { None };
+    let adapters_dir = dir.join("adapters");
+    let named_here = choice.adapter.as_deref().filter(|a| adapters_dir.join(a).join("adapter_config.json").is_file());
+    let (mut model, adapters) = match (&run, choice.adapter.as_deref(), named_here) {
+        (Some(meta), Some(_), Some(name)) => {
+            // The run's adapter on the backbone it was trained from.
+            let backbone = resolve_model_dir(&meta.backbone)
+                .with_context(|| format!("loading the backbone of {} for adapter `{name}`", dir.display()))?;
+            let mut model = RewardModel::load(&backbone, opts)?;
+            model.load_adapter(&adapters_dir.join(name), name, false)?;
+            (model, Adapters::One(name.to_string()))
+        }
+        (_, Some(path), None) if Path::new(path).join("adapter_config.json").is_file() => {
+            let mut model = RewardModel::load(dir, opts)?;
+            let name = adapter_name(Path::new(path));
+            model.load_adapter(Path::new(path), &name, false)?;
+            (model, Adapters::One(name))
+        }
+        (_, Some(other), None) => bail!(
+            "no adapter `{other}`: neither {} nor a directory with adapter_config.json (have: {})",
+            adapters_dir.join(other).display(),
+            adapter_names(&adapters_dir)?.join(", ")
+        ),
+        (Some(_), None, _) => (RewardModel::load(dir, opts)?, Adapters::None),
+        (None, Some(name), Some(_)) => {
+            let mut model = RewardModel::load(dir, opts)?;
+            model.load_adapter(&adapters_dir.join(name), name, false)?;
+            (model, Adapters::One(name.to_string()))
+        }
+        (None, None, _) => {
+            let mut model = RewardModel::load(dir, opts)?;
+            match adapter_names(&adapters_dir)?.as_slice() {
+                [] => (model, Adapters::None),
+                [one] => {
+                    model.load_adapter(&adapters_dir.join(one), one, false)?;
+                    (model, Adapters::One(one.clone()))
+                }
+                several => {
+                    bail!("{} holds several adapters ({}): pick one with --adapter", dir.display(), several.join(", "))
+                }
+            }
+        }
+    };
+    let trained = run.as_ref().map(|m| (m.config.max_length, m.config.truncation));
+    let max_length = choice.max_length.or(trained.map(|t| t.0)).unwrap_or(model.max_positions);
+    let truncation = choice.truncation.or(trained.map(|t| t.1)).unwrap_or_default();
+    model.set_limits(max_length, truncation);
+    Ok(Scorer { model, adapters, run })
+}
+
+/// Adapter directories under `dir` (each with `adapter_config.json`), sorted.
+fn adapter_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    if dir.is_dir() {
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.join("adapter_config.json").is_file() {
+                names.push(adapter_name(&path));
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn adapter_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "adapter".into())
+}
