@@ -13,8 +13,9 @@ use tokenizers::{Encoding, Tokenizer};
 #[serde(rename_all = "snake_case")]
 #[value(rename_all = "snake_case")]
 pub enum Truncation {
-    /// transformers' default (`truncation=True`): cut the longer of prompt and response from its end,
-    /// so a model trained in Python scores the same here.
+    /// transformers' default (`truncation=True`), done by the tokenizers library itself so a model
+    /// trained in Python scores the same here: both sides are cut from their ends; the shorter keeps
+    /// up to half of the budget (the prompt when equal) and the longer takes the rest.
     #[default]
     LongestFirst,
     /// Keep the end of the prompt (the last turns) and the start of the response; the response gets

@@ -1,0 +1,476 @@
+#!/usr/bin/env python3
+"""The round trip between rmroute and Python transformers/PEFT; run by scripts/python-roundtrip.sh
+(which makes the venv, fetches the models, builds rmroute and prepares data/sample), or by hand:
+
+    HF_HUB_OFFLINE=1 VENV/bin/python scripts/python_roundtrip.py --rmroute target/release/rmroute \\
+        --prepared PREPARED_DIR --work WORK_DIR [--backbone models/all-MiniLM-L6-v2] [--python-only]
+
+Checks, each |reward difference| <= --tol (1e-4):
+  rmroute -> Python  rmroute trains a tiny Baseline and a tiny BaseLoRA on MiniLM; their run directories
+                     load in transformers (AutoModelForSequenceClassification on RUN: the BaseLoRA adapter
+                     is merged there) and in PEFT (PeftModel on the backbone + RUN/adapters/default), and
+                     give the rewards `rmroute score` gives, for short and long (> max_length) pairs, with
+                     both truncation strategies, each input alone and in one padded batch.
+  Python -> rmroute  a PEFT LoRA adapter and a fully fine-tuned model trained here score the same in
+                     `rmroute score` (--adapter DIR, and --model DIR); their reward heads start at std 1,
+                     not 0.02, so rewards are of order 1-10 and 1e-4 is a tight relative bound too.
+Also checked: the run directory contract (files, one label, rmroute.json, adapter_config.json) and that
+transformers loads every weight. rmroute is run at batch size 16 (one padded batch) and 1.
+--python-only runs the Python side alone (training, saving, reloading, Python rewards), for a machine
+without the rmroute binary. Exit status 1 if any check fails.
+"""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import warnings  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model  # noqa: E402
+from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+hf_logging.disable_progress_bar()
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+MAX_LENGTH = 64
+STRATEGIES = ["longest_first", "keep_prompt_end"]
+# LoRA on the encoder's query/key/value/dense only: a plain ["query","key","value","dense"] list would also
+# adapt pooler.dense, which is trained whole (modules_to_save) here.
+TARGET_REGEX = r".*encoder\.layer\.\d+\.(.*\.)?(query|key|value|dense)"
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+class Checks:
+    def __init__(self, tol):
+        self.tol, self.rows, self.facts = tol, [], []
+
+    def fact(self, name, ok, detail=""):
+        """A yes/no check (a file, a field, a command that must succeed)."""
+        self.facts.append((name, bool(ok), detail))
+        print(f"  [{'ok' if ok else 'FAIL'}] {name}{': ' + detail if detail else ''}", flush=True)
+        return ok
+
+    def compare(self, model, loader, strategy, batching, ref, got):
+        """ref, got: id -> reward. A missing id or a non-finite reward fails the row."""
+        missing = sorted(set(ref) - set(got))
+        deltas = [abs(ref[k] - got[k]) for k in ref if k in got]
+        worst = max(deltas) if deltas else math.inf
+        if any(not math.isfinite(d) for d in deltas):
+            worst = math.inf
+        ok = not missing and len(deltas) > 0 and worst <= self.tol
+        scale = max((abs(v) for v in ref.values()), default=math.nan)
+        self.rows.append((model, loader, strategy, batching, len(deltas), worst, ok, missing, scale))
+        return ok
+
+    def fail_rows(self, model, loader, batchings, why):
+        """Rows that could not be compared (a step before them failed)."""
+        for strategy in STRATEGIES:
+            for b in batchings:
+                self.rows.append((model, loader, strategy, b, 0, math.inf, False, [why], math.nan))
+
+    def report(self):
+        print()
+        head = ("model", "loader", "strategy", "python vs rmroute", "n", "max |reward|", "max |Δ|", "")
+        table = [head] + [
+            (m, l, s, b, str(n), "-" if math.isnan(r) else f"{r:.3g}", "-" if not math.isfinite(w) else f"{w:.2e}",
+             "ok" if ok else "FAIL")
+            for m, l, s, b, n, w, ok, _, r in self.rows
+        ]
+        widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+        for i, r in enumerate(table):
+            print("  ".join(c.ljust(widths[j]) for j, c in enumerate(r)).rstrip())
+            if i == 0:
+                print("  ".join("-" * w for w in widths))
+        for m, l, s, b, n, w, ok, missing, _ in self.rows:
+            if missing:
+                print(f"  {m} / {l} / {s} / {b}: {'; '.join(map(str, missing))[:300]}")
+        failed_facts = [f for f in self.facts if not f[1]]
+        if failed_facts:
+            print("\nfailed checks:")
+            for name, _, detail in failed_facts:
+                print(f"  {name}: {detail}")
+        passed = sum(r[6] for r in self.rows) + sum(f[1] for f in self.facts)
+        failed = len(self.rows) + len(self.facts) - passed
+        print(f"\nroundtrip: {passed} checks passed, {failed} failed (tolerance {self.tol:g})")
+        return failed == 0
+
+
+# -------------------------------------------------------------------------------------------- encoding
+
+def keep_prompt_end(tok, prompt, response, n):
+    """rmroute's keep_prompt_end, written from its rule: the end of the prompt, the start of the
+    response, the response getting at least half of the budget. (ids, token types)."""
+    p = tok(prompt, add_special_tokens=False)["input_ids"]
+    r = tok(response, add_special_tokens=False)["input_ids"]
+    cls, sep = tok.cls_token_id, tok.sep_token_id
+    full = [cls] + p + [sep] + r + [sep]
+    if len(full) > n:
+        budget = n - 3
+        keep_r = min(len(r), max(max(budget - len(p), 0), budget // 2))
+        keep_p = min(len(p), budget - keep_r)
+        full = [cls] + p[len(p) - keep_p :] + [sep] + r[:keep_r] + [sep]
+    first_sep = full.index(sep)
+    return full, [0 if i <= first_sep else 1 for i in range(len(full))]
+
+
+def batch_inputs(tok, items, strategy, n):
+    """One padded batch of the items (a list of dicts with prompt/response), as model kwargs."""
+    prompts, responses = [it["prompt"] for it in items], [it["response"] for it in items]
+    if strategy == "longest_first":
+        return dict(tok(prompts, responses, truncation=True, max_length=n, padding=True, return_tensors="pt"))
+    encs = [keep_prompt_end(tok, p, r, n) for p, r in zip(prompts, responses)]
+    width = max(len(ids) for ids, _ in encs)
+    pad = tok.pad_token_id
+    ids = [e[0] + [pad] * (width - len(e[0])) for e in encs]
+    types = [e[1] + [0] * (width - len(e[1])) for e in encs]
+    mask = [[1] * len(e[0]) + [0] * (width - len(e[0])) for e in encs]
+    return {"input_ids": torch.tensor(ids), "token_type_ids": torch.tensor(types), "attention_mask": torch.tensor(mask)}
+
+
+def single_inputs(tok, item, strategy, n):
+    if strategy == "longest_first":
+        return dict(tok(item["prompt"], item["response"], truncation=True, max_length=n, padding=False, return_tensors="pt"))
+    ids, types = keep_prompt_end(tok, item["prompt"], item["response"], n)
+    return {"input_ids": torch.tensor([ids]), "token_type_ids": torch.tensor([types]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+
+
+@torch.no_grad()
+def python_rewards(model, tok, items, strategy, n):
+    """{"batch1": id -> reward, "padded": id -> reward}."""
+    model.eval()
+    alone = {it["id"]: float(model(**single_inputs(tok, it, strategy, n)).logits[0, 0]) for it in items}
+    logits = model(**batch_inputs(tok, items, strategy, n)).logits[:, 0]
+    padded = {it["id"]: float(v) for it, v in zip(items, logits)}
+    return {"batch1": alone, "padded": padded}
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+def read_jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def prepared_pairs(prepared, domains, split):
+    out = []
+    for d in domains:
+        path = Path(prepared) / d / f"{split}.jsonl"
+        if path.exists():
+            out += read_jsonl(path)
+    return out
+
+
+def pick_items(tok, prepared):
+    """Short and long real (prompt, response) items from the prepared data, by MiniLM token counts."""
+    slots = [  # name, how many, predicate on (prompt tokens, response tokens), both without specials
+        ("short", 3, lambda p, r: p + r + 3 <= 48),
+        ("fits", 1, lambda p, r: 58 <= p + r + 3 <= MAX_LENGTH),
+        ("just-over", 1, lambda p, r: MAX_LENGTH < p + r + 3 <= MAX_LENGTH + 8),
+        ("long-long", 3, lambda p, r: p >= 40 and r >= 40 and p + r <= 1500),
+        ("short-prompt-long-response", 1, lambda p, r: p <= 15 and r >= 80),
+        ("long-prompt-short-response", 1, lambda p, r: p >= 80 and r <= 15),
+    ]
+    candidates = []
+    for split in ("test", "train"):
+        for rec in prepared_pairs(prepared, ["oasst", "anthropic"], split):
+            for side in ("chosen", "rejected"):
+                candidates.append((f"{rec['id']}/{side}", rec["prompt"], rec[side]))
+    items, used = [], set()
+    for name, count, pred in slots:
+        got = 0
+        for cid, prompt, response in candidates:
+            if got == count:
+                break
+            if prompt in used:  # one item per prompt: prepared pairs repeat (prompt, chosen)
+                continue
+            p = len(tok(prompt, add_special_tokens=False)["input_ids"])
+            r = len(tok(response, add_special_tokens=False)["input_ids"])
+            if pred(p, r):
+                used.add(prompt)
+                items.append({"id": f"{name}:{cid}", "prompt": prompt, "response": response, "tokens": p + r + 3})
+                got += 1
+        if got < count:
+            print(f"  note: only {got} of {count} '{name}' items in {prepared}")
+    return items
+
+
+# --------------------------------------------------------------------------------------------- rmroute
+
+class Rmroute:
+    def __init__(self, binary, checks):
+        self.binary, self.checks, self.cache = binary, checks, {}
+
+    def run(self, name, args):
+        cmd = [str(self.binary)] + [str(a) for a in args]
+        t = time.time()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as e:
+            return self.checks.fact(name, False, f"{' '.join(cmd)}: {e}")
+        detail = f"{time.time() - t:.1f}s"
+        if proc.returncode != 0:
+            detail = f"exit {proc.returncode}: {' '.join(cmd)}\n      " + (proc.stderr or proc.stdout).strip()[-1500:].replace("\n", "\n      ")
+        return self.checks.fact(name, proc.returncode == 0, detail)
+
+    def score(self, name, model, items_file, out, strategy, max_length=None, adapter=None, batch_size=None):
+        args = ["score", "--model", model, "--input", items_file, "--out", out, "--quiet", "--truncation", strategy]
+        if max_length is not None:
+            args += ["--max-length", max_length]
+        if adapter is not None:
+            args += ["--adapter", adapter]
+        if batch_size is not None:
+            args += ["--batch-size", batch_size]
+        key = tuple(map(str, args[:5] + args[7:]))  # the same command but --out: scored already
+        if key not in self.cache:
+            got = None
+            if self.run(name, args):
+                try:
+                    got = {str(rec["id"]): float(rec["reward"]) for rec in read_jsonl(out)}
+                except (KeyError, ValueError, TypeError) as e:
+                    self.checks.fact(f"{name}: output lines are {{id, reward}}", False, repr(e))
+            self.cache[key] = got
+        return self.cache[key]
+
+
+def compare_with_rmroute(checks, rm, label, loader, py, items_file, work, model_arg, adapter=None, max_length=None, rm_label=""):
+    """py: strategy -> {"batch1", "padded"} rewards. Scores with rmroute at its default batch size (one
+    padded batch here) and at batch size 1, and compares each with both Python batchings."""
+    for strategy in STRATEGIES:
+        for bs, bs_name in ((None, "bs16"), (1, "bs1")):
+            tag = f"{label}-{rm_label or loader}-{strategy}-{bs_name}"
+            out = work / "scores" / ("".join(c if c.isalnum() or c in "-_" else "_" for c in tag) + ".jsonl")
+            got = rm.score(f"rmroute score {label} ({rm_label or loader}, {strategy}, {bs_name})", model_arg, items_file,
+                           out, strategy, max_length=max_length, adapter=adapter, batch_size=bs)
+            for py_batching in ("batch1", "padded"):
+                batching = f"py {py_batching} / rm {rm_label + ' ' if rm_label else ''}{bs_name}"
+                if got is None:
+                    checks.rows.append((label, loader, strategy, batching, 0, math.inf, False, ["rmroute score failed"], math.nan))
+                else:
+                    checks.compare(label, loader, strategy, batching, py[strategy][py_batching], got)
+
+
+# ---------------------------------------------------------------------------------------- run contract
+
+def load_seq_cls(checks, path, what):
+    model, info = AutoModelForSequenceClassification.from_pretrained(str(path), output_loading_info=True)
+    missing = [k for k in info.get("missing_keys", [])]
+    unexpected = [k for k in info.get("unexpected_keys", []) if not k.endswith("position_ids")]
+    checks.fact(f"{what}: transformers loads every weight", not missing and not unexpected,
+                f"missing {missing[:6]} unexpected {unexpected[:6]}" if missing or unexpected else "")
+    model.eval()
+    return model
+
+
+def check_run_dir(checks, run, method, backbone, cfg):
+    name = run.name
+    cfg_path, meta_path = run / "config.json", run / "rmroute.json"
+    ok = checks.fact(f"{name}: config.json, model.safetensors, tokenizer.json, rmroute.json",
+                     all((run / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer.json", "rmroute.json")),
+                     ", ".join(sorted(p.name for p in run.iterdir())) if run.is_dir() else "no run directory")
+    if not ok:
+        return False
+    hf = json.loads(cfg_path.read_text())
+    labels = hf.get("num_labels", len(hf.get("id2label", {})) or None)
+    checks.fact(f"{name}: config.json has one label", labels == 1, f"num_labels {labels}, id2label {hf.get('id2label')}")
+    meta = json.loads(meta_path.read_text())
+    mcfg = meta.get("config", {})
+    checks.fact(f"{name}: rmroute.json method/backbone/config", str(meta.get("method", "")).lower() == method
+                and meta.get("backbone") == backbone and mcfg.get("max_length") == cfg["max_length"]
+                and mcfg.get("truncation") == cfg["truncation"],
+                f"method {meta.get('method')!r} backbone {meta.get('backbone')!r} max_length {mcfg.get('max_length')!r} truncation {mcfg.get('truncation')!r}")
+    if method == "baselora":
+        ad = run / "adapters" / "default"
+        ok = checks.fact(f"{name}: adapters/default/ in PEFT layout",
+                         (ad / "adapter_config.json").is_file() and (ad / "adapter_model.safetensors").is_file(),
+                         ", ".join(sorted(p.name for p in ad.iterdir())) if ad.is_dir() else "missing")
+        if ok:
+            ac = json.loads((ad / "adapter_config.json").read_text())
+            tm, mts = ac.get("target_modules"), ac.get("modules_to_save") or []
+            checks.fact(f"{name}: adapter_config.json fields",
+                        ac.get("base_model_name_or_path") == backbone and isinstance(tm, str)
+                        and {"classifier", "pooler"} <= set(mts) and ac.get("r") == cfg["lora"]["r"]
+                        and ac.get("lora_alpha") == cfg["lora"]["lora_alpha"] and ac.get("peft_type") == "LORA",
+                        f"base_model_name_or_path {ac.get('base_model_name_or_path')!r} target_modules {tm!r} "
+                        f"modules_to_save {mts!r} r {ac.get('r')} lora_alpha {ac.get('lora_alpha')} task_type {ac.get('task_type')!r}")
+    return True
+
+
+def lora_b_nonzero(model):
+    return any(p.abs().max().item() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+# ---------------------------------------------------------------------------------------------- python
+
+def wide_head(model):
+    """A reward head with std 1 weights instead of transformers' 0.02: rewards of order 10 rather than
+    0.01, so that the absolute tolerance is a tight relative one too."""
+    with torch.no_grad():
+        model.classifier.weight.normal_(0.0, 1.0)
+        model.classifier.bias.normal_(0.0, 1.0)
+
+
+def pairwise_steps(model, tok, pairs, steps, lr, batch=4):
+    """`steps` AdamW steps of -log σ(r_chosen - r_rejected) on `pairs` (longest_first, MAX_LENGTH)."""
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for step in range(steps):
+        chunk = [pairs[(step * batch + i) % len(pairs)] for i in range(batch)]
+        prompts = [c["prompt"] for c in chunk]
+        enc_c = tok(prompts, [c["chosen"] for c in chunk], truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt")
+        enc_r = tok(prompts, [c["rejected"] for c in chunk], truncation=True, max_length=MAX_LENGTH, padding=True, return_tensors="pt")
+        loss = -F.logsigmoid(model(**enc_c).logits[:, 0] - model(**enc_r).logits[:, 0]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(round(loss.item(), 4))
+    model.eval()
+    return losses
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rmroute", type=Path, default=Path("target/release/rmroute"))
+    ap.add_argument("--prepared", type=Path, required=True)
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--backbone", default="models/all-MiniLM-L6-v2")
+    ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--python-only", action="store_true")
+    args = ap.parse_args()
+
+    torch.set_grad_enabled(True)
+    checks = Checks(args.tol)
+    work = args.work
+    (work / "scores").mkdir(parents=True, exist_ok=True)
+    backbone = args.backbone
+    tok = AutoTokenizer.from_pretrained(backbone)
+    rm = None if args.python_only else Rmroute(args.rmroute.resolve(), checks)
+
+    items = pick_items(tok, args.prepared)
+    items_file = work / "items.jsonl"
+    with open(items_file, "w", encoding="utf-8") as f:
+        for it in items:
+            f.write(json.dumps({"id": it["id"], "prompt": it["prompt"], "response": it["response"]}, ensure_ascii=False) + "\n")
+    long_items = sum(it["tokens"] > MAX_LENGTH for it in items)
+    print(f"{len(items)} items ({long_items} longer than {MAX_LENGTH} tokens, up to {max(it['tokens'] for it in items)}) in {items_file}")
+    checks.fact("items: short and long pairs", long_items >= 3 and len(items) - long_items >= 2, f"{len(items)} items, {long_items} long")
+
+    # ---- rmroute -> Python: tiny Baseline and BaseLoRA
+    print("\n== rmroute -> Python")
+    lora = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "target_modules": ["query", "key", "value", "dense"]}
+    runs = {
+        "baseline": {"backbone": backbone, "domains": ["oasst"], "epochs": 1, "batch_size": 8, "lr": 5e-5,
+                     "max_length": MAX_LENGTH, "max_pairs": 32, "truncation": "longest_first"},
+        "baselora": {"backbone": backbone, "domains": ["oasst"], "epochs": 1, "batch_size": 8, "lr": 5e-4,
+                     "max_length": MAX_LENGTH, "max_pairs": 32, "truncation": "longest_first", "lora": lora},
+    }
+    for method, cfg in runs.items():
+        if rm is None:
+            print(f"  (--python-only: skipping rmroute train-baseline {method})")
+            continue
+        cfg_path, run = work / f"{method}.json", work / "runs" / method
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+        if not rm.run(f"rmroute train-baseline ({method})",
+                      ["train-baseline", "--config", cfg_path, "--data", args.prepared, "--out", run, "--quiet"]):
+            checks.fail_rows(method, "AutoModel(RUN)", ["all"], "training failed")
+            if method == "baselora":
+                checks.fail_rows(method, "PeftModel", ["all"], "training failed")
+            continue
+        if not check_run_dir(checks, run, method, backbone, cfg):
+            checks.fail_rows(method, "AutoModel(RUN)", ["all"], "not a run directory")
+            continue
+        loaders = []
+        try:
+            run_tok = AutoTokenizer.from_pretrained(str(run))
+            same = all(run_tok(it["prompt"], it["response"])["input_ids"] == tok(it["prompt"], it["response"])["input_ids"] for it in items)
+            checks.fact(f"{method}: AutoTokenizer(RUN) encodes as the backbone's", same)
+        except Exception as e:  # noqa: BLE001
+            checks.fact(f"{method}: AutoTokenizer(RUN) loads", False, repr(e)[:300])
+            run_tok = tok
+        try:
+            loaders.append(("AutoModel(RUN)", load_seq_cls(checks, run, f"{method} AutoModel(RUN)"), run_tok))
+        except Exception as e:  # noqa: BLE001
+            checks.fact(f"{method}: AutoModelForSequenceClassification.from_pretrained(RUN)", False, repr(e)[:300])
+            checks.fail_rows(method, "AutoModel(RUN)", ["all"], "does not load")
+        if method == "baselora":
+            try:
+                base = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1)
+                peft_model = PeftModel.from_pretrained(base, str(run / "adapters" / "default"))
+                checks.fact("baselora: adapter's lora_B is not all zero (training moved it)", lora_b_nonzero(peft_model))
+                loaders.append(("PeftModel(backbone, adapters/default)", peft_model, tok))
+            except Exception as e:  # noqa: BLE001
+                checks.fact("baselora: PeftModel.from_pretrained(backbone, RUN/adapters/default)", False, repr(e)[:300])
+                checks.fail_rows(method, "PeftModel", ["all"], "does not load")
+        for loader, model, ltok in loaders:
+            py = {s: python_rewards(model, ltok, items, s, MAX_LENGTH) for s in STRATEGIES}
+            # max_length left to the run (its config says MAX_LENGTH)
+            compare_with_rmroute(checks, rm, method, loader, py, items_file, work, run, rm_label="RUN")
+            if loader.startswith("PeftModel"):
+                # rmroute's own adapter through its --adapter path, on the backbone as PEFT does it
+                compare_with_rmroute(checks, rm, method, loader, py, items_file, work, backbone,
+                                     adapter=run / "adapters" / "default", max_length=MAX_LENGTH,
+                                     rm_label="backbone --adapter")
+
+    # ---- Python -> rmroute: a PEFT adapter and a fully fine-tuned model trained here
+    print("\n== Python -> rmroute")
+    train_pairs = prepared_pairs(args.prepared, ["oasst"], "train")[:20]
+    checks.fact("Python training pairs", len(train_pairs) >= 8, f"{len(train_pairs)} oasst train pairs")
+
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1)
+    wide_head(base)
+    lcfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_alpha=8, lora_dropout=0.1,
+                      target_modules=TARGET_REGEX, modules_to_save=["classifier", "pooler"])
+    peft_model = get_peft_model(base, lcfg)
+    adapted = [n for n, _ in peft_model.named_modules() if n.endswith("lora_A")]
+    checks.fact("py-adapter: LoRA on the encoder's query/key/value/dense only (6 layers x 6), not the pooler",
+                len(adapted) == 36 and not any("pooler" in n for n in adapted), f"{len(adapted)} adapted modules")
+    losses = pairwise_steps(peft_model, tok, train_pairs, steps=5, lr=1e-3)
+    print(f"  py-adapter: 5 AdamW steps, losses {losses}")
+    checks.fact("py-adapter: lora_B moved from zero", lora_b_nonzero(peft_model))
+    adapter_dir = work / "py-adapter"
+    peft_model.save_pretrained(str(adapter_dir))
+    in_memory = {s: python_rewards(peft_model, tok, items, s, MAX_LENGTH) for s in STRATEGIES}
+    reloaded = PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1), str(adapter_dir))
+    py_adapter = {s: python_rewards(reloaded, tok, items, s, MAX_LENGTH) for s in STRATEGIES}
+    for s in STRATEGIES:
+        checks.compare("py-adapter", "in memory vs reloaded (Python only)", s, "batch1", in_memory[s]["batch1"], py_adapter[s]["batch1"])
+        checks.compare("py-adapter", "batch1 vs padded (Python only)", s, "padded", py_adapter[s]["batch1"], py_adapter[s]["padded"])
+    if rm is not None:
+        compare_with_rmroute(checks, rm, "py-adapter", "PeftModel(backbone, py-adapter)", py_adapter, items_file, work,
+                             backbone, adapter=adapter_dir, max_length=MAX_LENGTH, rm_label="backbone --adapter")
+
+    torch.manual_seed(1)
+    full = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1)
+    wide_head(full)
+    losses = pairwise_steps(full, tok, train_pairs, steps=3, lr=5e-5)
+    print(f"  py-full: 3 AdamW steps, losses {losses}")
+    full_dir = work / "py-full"
+    full.save_pretrained(str(full_dir))
+    AutoTokenizer.from_pretrained(backbone).save_pretrained(str(full_dir))
+    full_reloaded = load_seq_cls(checks, full_dir, "py-full")
+    py_full = {s: python_rewards(full_reloaded, tok, items, s, MAX_LENGTH) for s in STRATEGIES}
+    for s in STRATEGIES:
+        checks.compare("py-full", "batch1 vs padded (Python only)", s, "padded", py_full[s]["batch1"], py_full[s]["padded"])
+    if rm is not None:
+        compare_with_rmroute(checks, rm, "py-full", "AutoModel(py-full)", py_full, items_file, work,
+                             full_dir, max_length=MAX_LENGTH, rm_label="DIR")
+
+    sys.exit(0 if checks.report() else 1)
+
+
+if __name__ == "__main__":
+    main()
