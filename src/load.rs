@@ -2,7 +2,7 @@
 //! the files are and how inputs were truncated in training), or a Hugging Face checkpoint with
 //! optional PEFT adapters under `adapters/<name>/` or elsewhere.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -40,34 +40,38 @@ pub struct ScoreOptions {
 pub fn load_scorer(dir: &Path, opts: &LoadOptions, choice: &ScoreOptions) -> Result<Scorer> {
     let run = if dir.join("rmroute.json").is_file() { Some(RunMeta::read(dir)?) } else { None };
     let adapters_dir = dir.join("adapters");
-    let named_here = choice.adapter.as_deref().filter(|a| adapters_dir.join(a).join("adapter_config.json").is_file());
-    let (mut model, adapters) = match (&run, choice.adapter.as_deref(), named_here) {
-        (Some(meta), Some(_), Some(name)) => {
-            // The run's adapter on the backbone it was trained from.
+    let wanted = match choice.adapter.as_deref() {
+        Some(adapter) => Some(which_adapter(adapter, &adapters_dir)?),
+        None => None,
+    };
+    let (mut model, adapters) = match (&run, wanted) {
+        (Some(meta), Some(Wanted::Named(name))) => {
+            // The run's adapter on the backbone it was trained from (the top level has it merged in).
             let backbone = resolve_model_dir(&meta.backbone)
                 .with_context(|| format!("loading the backbone of {} for adapter `{name}`", dir.display()))?;
             let mut model = RewardModel::load(&backbone, opts)?;
-            model.load_adapter(&adapters_dir.join(name), name, false)?;
-            (model, Adapters::One(name.to_string()))
-        }
-        (_, Some(path), None) if Path::new(path).join("adapter_config.json").is_file() => {
-            let mut model = RewardModel::load(dir, opts)?;
-            let name = adapter_name(Path::new(path));
-            model.load_adapter(Path::new(path), &name, false)?;
+            model.load_adapter(&adapters_dir.join(&name), &name, false)?;
             (model, Adapters::One(name))
         }
-        (_, Some(other), None) => bail!(
-            "no adapter `{other}`: neither {} nor a directory with adapter_config.json (have: {})",
-            adapters_dir.join(other).display(),
-            adapter_names(&adapters_dir)?.join(", ")
+        (Some(_), Some(Wanted::Elsewhere(path))) => bail!(
+            "{} is an rmroute run: it scores with its own model or its adapters under {}. To score the adapter \
+             in {}, pass the model it was trained for as --model",
+            dir.display(),
+            adapters_dir.display(),
+            path.display()
         ),
-        (Some(_), None, _) => (RewardModel::load(dir, opts)?, Adapters::None),
-        (None, Some(name), Some(_)) => {
+        (Some(_), None) => (RewardModel::load(dir, opts)?, Adapters::None),
+        (None, Some(wanted)) => {
+            let path = match &wanted {
+                Wanted::Named(name) => adapters_dir.join(name),
+                Wanted::Elsewhere(path) => path.clone(),
+            };
+            let name = adapter_name(&path);
             let mut model = RewardModel::load(dir, opts)?;
-            model.load_adapter(&adapters_dir.join(name), name, false)?;
-            (model, Adapters::One(name.to_string()))
+            model.load_adapter(&path, &name, false)?;
+            (model, Adapters::One(name))
         }
-        (None, None, _) => {
+        (None, None) => {
             let mut model = RewardModel::load(dir, opts)?;
             match adapter_names(&adapters_dir)?.as_slice() {
                 [] => (model, Adapters::None),
@@ -86,6 +90,41 @@ pub fn load_scorer(dir: &Path, opts: &LoadOptions, choice: &ScoreOptions) -> Res
     let truncation = choice.truncation.or(trained.map(|t| t.1)).unwrap_or_default();
     model.set_limits(max_length, truncation);
     Ok(Scorer { model, adapters, run })
+}
+
+/// Where an `--adapter` lives.
+enum Wanted {
+    /// `MODEL/adapters/<name>/`.
+    Named(String),
+    /// A PEFT adapter directory elsewhere.
+    Elsewhere(PathBuf),
+}
+
+/// A plain name is an adapter under `adapters_dir`; anything else is a directory path (one that
+/// points into `adapters_dir` is the same as its name).
+fn which_adapter(adapter: &str, adapters_dir: &Path) -> Result<Wanted> {
+    let is_name = !adapter.contains(['/', '\\']) && adapter != "." && adapter != "..";
+    if is_name {
+        if adapters_dir.join(adapter).join("adapter_config.json").is_file() {
+            return Ok(Wanted::Named(adapter.to_string()));
+        }
+        bail!(
+            "no adapter `{adapter}` in {} (have: {}); a PEFT adapter elsewhere is given by its directory path",
+            adapters_dir.display(),
+            adapter_names(adapters_dir)?.join(", ")
+        );
+    }
+    let path = Path::new(adapter);
+    if !path.join("adapter_config.json").is_file() {
+        bail!("no adapter `{adapter}`: not a directory with adapter_config.json");
+    }
+    let canonical = path.canonicalize().with_context(|| format!("resolving {}", path.display()))?;
+    if let (Ok(home), Some(parent)) = (adapters_dir.canonicalize(), canonical.parent()) {
+        if parent == home {
+            return Ok(Wanted::Named(adapter_name(&canonical)));
+        }
+    }
+    Ok(Wanted::Elsewhere(path.to_path_buf()))
 }
 
 /// Adapter directories under `dir` (each with `adapter_config.json`), sorted.

@@ -18,6 +18,9 @@ use crate::heads::RewardHead;
 use crate::lora::{LoraConfig, TargetModules, PEFT_PREFIX};
 use crate::nn::{Adapters, Ctx};
 
+/// The `config.json` key listing the adapters merged into a checkpoint's weights.
+pub const MERGED_KEY: &str = "rmroute_merged_adapters";
+
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -232,11 +235,20 @@ impl RewardModel {
         let config_path = dir.join("adapter_config.json");
         let config = read_peft_config(&config_path)?;
         let weights = dir.join("adapter_model.safetensors");
+        let merged = self.config.get(MERGED_KEY).and_then(|v| v.as_array()).cloned().unwrap_or_default();
+        if merged.iter().any(|m| m.as_str() == Some(name)) {
+            bail!(
+                "{} already has adapter `{name}` merged in (`{MERGED_KEY}` in its config.json): score it alone, \
+                 or load the adapter onto the backbone it was trained from",
+                self.source
+            );
+        }
         let mut tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
             .with_context(|| format!("reading {}", weights.display()))?;
-        // A head module PEFT did not save is the base model's own (when the base has a real one).
-        if self.new_head.is_empty() {
-            for (key, t) in self.head_tensors() {
+        let from_file: Vec<String> = tensors.keys().cloned().collect();
+        // A head tensor PEFT did not save is the base model's own, where the base checkpoint has it.
+        for (key, t) in self.head_tensors() {
+            if !self.new_head.contains(&key) {
                 tensors.entry(format!("{PEFT_PREFIX}.{key}")).or_insert_with(|| t.detach());
             }
         }
@@ -246,7 +258,27 @@ impl RewardModel {
         } else {
             ParamStore::from_tensors(tensors, source, false)
         };
-        self.attach_adapter(name, &config, store).with_context(|| format!("loading the adapter in {}", dir.display()))
+        self.attach_adapter(name, &config, store.clone())
+            .with_context(|| format!("loading the adapter in {}", dir.display()))?;
+        // Every tensor of the file must have found its place: LoRA weights for a layer rmroute does not
+        // adapt (PEFT's `["dense"]` also catches the pooler) would otherwise be dropped without a word.
+        let used: std::collections::HashSet<String> = store.used().into_iter().map(|(n, _)| n).collect();
+        let mut unused: Vec<&String> = from_file.iter().filter(|k| !used.contains(*k)).collect();
+        if !unused.is_empty() {
+            unused.sort();
+            self.adapters.remove(name);
+            for layer in self.encoder.lora_linears_mut() {
+                layer.remove_adapter(name);
+            }
+            bail!(
+                "{}: {} tensor(s) of the adapter would be ignored, e.g. `{}`: they belong to layers this model does not \
+                 adapt or load (train the adapter with target_modules naming only the encoder's layers)",
+                weights.display(),
+                unused.len(),
+                unused[0]
+            );
+        }
+        Ok(())
     }
 
     fn attach_adapter(&mut self, name: &str, config: &LoraConfig, store: Arc<ParamStore>) -> Result<()> {
@@ -319,6 +351,10 @@ impl RewardModel {
         for layer in self.encoder.lora_linears_mut() {
             layer.merge(name)?;
         }
+        // Recorded in config.json, so the same adapter is never applied a second time on top.
+        let mut merged = self.config.get(MERGED_KEY).and_then(|v| v.as_array()).cloned().unwrap_or_default();
+        merged.push(name.into());
+        self.config[MERGED_KEY] = merged.into();
         self.head = entry.head;
         self.new_head.clear();
         Ok(())
@@ -405,8 +441,8 @@ impl RewardModel {
         lora + head
     }
 
-    /// Parameters of the encoder that the forward pass uses (integer buffers and unused checkpoint
-    /// tensors, such as DeBERTa-v3's MLM head, are not parameters of a reward model).
+    /// Parameters of the encoder that the forward pass uses: tensors the encoder never asks for (integer
+    /// `position_ids`, DeBERTa-v3's MLM head) are not parameters of a reward model.
     pub fn encoder_parameter_count(&self) -> usize {
         let used: HashMap<String, Tensor> = self.encoder_store.used().into_iter().collect();
         used.values().filter(|t| t.dtype().is_float()).map(|t| t.elem_count()).sum()
@@ -446,6 +482,22 @@ fn read_peft_config(path: &Path) -> Result<LoraConfig> {
         None | Some(serde_json::Value::Null) => 0.0,
         Some(v) => v.as_f64().with_context(|| format!("{}: `lora_dropout` is not a number", path.display()))?,
     };
+    // PEFT options that change the scale, the layers or the arithmetic: refused rather than ignored.
+    let off = |key: &str, default_ok: &dyn Fn(&serde_json::Value) -> bool| -> Result<()> {
+        match value.get(key) {
+            Some(v) if !v.is_null() && !default_ok(v) => {
+                bail!("{}: `{key}: {v}` is not supported (rmroute implements plain LoRA)", path.display())
+            }
+            _ => Ok(()),
+        }
+    };
+    off("use_rslora", &|v| v == false)?;
+    off("use_dora", &|v| v == false)?;
+    off("fan_in_fan_out", &|v| v == false)?;
+    off("bias", &|v| v == "none")?;
+    off("rank_pattern", &|v| v.as_object().is_some_and(|o| o.is_empty()))?;
+    off("alpha_pattern", &|v| v.as_object().is_some_and(|o| o.is_empty()))?;
+    off("layers_to_transform", &|_| false)?;
     let config = LoraConfig { rank: rank as usize, alpha, dropout, target_modules };
     config.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(config)

@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
-use crate::data::io::write_atomic;
+use crate::data::io::{write_atomic, StagedDir};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunMeta {
@@ -42,6 +42,7 @@ pub struct RunMeta {
     pub total_parameters: usize,
     pub trainable_parameters: usize,
     /// What the top-level Hugging Face checkpoint is.
+    #[serde(default)]
     pub model: String,
     /// Adapters under `adapters/<name>/` (PEFT layout, for the backbone): name → what it is.
     #[serde(default)]
@@ -62,42 +63,47 @@ impl RunMeta {
     }
 }
 
-/// The last path component of a backbone reference.
 /// Refuses to train into a directory that holds something else. A finished run is replaced only with
 /// `force`; an unfinished one (a checkpoint) is continued with `resume`, or started over with `force`.
+/// A directory that is not an rmroute run is never touched. Call it once everything else is checked,
+/// so a typo in the config never costs the old run.
 pub fn prepare_run_dir(dir: &Path, resume: bool, force: bool) -> Result<()> {
     let finished = dir.join("rmroute.json").is_file();
-    let unfinished = dir.join("checkpoint").exists() || dir.join("checkpoint.old").exists();
+    let checkpoint = dir.join("checkpoint/state.json").is_file()
+        || StagedDir::moved_aside(&dir.join("checkpoint")).is_some_and(|d| d.join("state.json").is_file());
     if resume {
         anyhow::ensure!(!finished, "{} holds a finished run: nothing to resume", dir.display());
         return Ok(());
     }
-    let is_run = finished || unfinished || dir.join("metrics.jsonl").is_file();
-    let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(true);
-    if !empty && !is_run {
+    let entries: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect(),
+        Err(_) => return Ok(()),
+    };
+    // A run killed before its first checkpoint has only its metrics (and hidden staging directories).
+    let started = !entries.is_empty() && entries.iter().all(|e| e == "metrics.jsonl" || e.starts_with('.'));
+    if entries.is_empty() {
+        return Ok(());
+    }
+    if !(finished || checkpoint || started) {
         anyhow::bail!("{} exists and is not an rmroute run directory: choose another --out", dir.display());
     }
-    if is_run && !force {
+    if !force {
         if finished {
             anyhow::bail!(
                 "{} holds a finished run: pass --force to replace it (its results go too), or choose another --out",
                 dir.display()
             );
         }
-        if unfinished {
-            anyhow::bail!(
-                "{} holds a checkpoint of an unfinished run: pass --resume to continue it, --force to start \
-                 over, or choose another --out",
-                dir.display()
-            );
-        }
+        anyhow::bail!(
+            "{} holds an unfinished run: pass --resume to continue it from its checkpoint, --force to start over, \
+             or choose another --out",
+            dir.display()
+        );
     }
-    if is_run {
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing the old run in {}", dir.display()))?;
-    }
-    Ok(())
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing the old run in {}", dir.display()))
 }
 
+/// The last path component of a backbone reference.
 pub fn backbone_name(backbone: &str) -> String {
     backbone.trim_end_matches('/').rsplit('/').next().unwrap_or(backbone).to_string()
 }

@@ -395,3 +395,28 @@ fn save_pretrained_replaces_the_whole_directory_at_once() {
         std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().to_string()).collect();
     assert_eq!(siblings, ["model"], "no temporary directory is left behind");
 }
+
+#[test]
+fn adapter_files_with_tensors_or_options_rmroute_would_ignore_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_bert(dir.path(), 1, true, true);
+    let mut model = RewardModel::load(dir.path(), &LoadOptions::default()).unwrap();
+    model.add_adapter("x", &lora(), 1).unwrap();
+    let adapter = dir.path().join("adapters/x");
+    model.save_adapter("x", &adapter, "tiny").unwrap();
+    // LoRA weights for the pooler, as PEFT's `["dense"]` would train them
+    let file = adapter.join("adapter_model.safetensors");
+    let mut tensors: HashMap<String, Tensor> = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    let extra = "base_model.model.bert.pooler.dense.lora_A.weight";
+    tensors.insert(extra.into(), Tensor::zeros((4, 32), DType::F32, &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+    let err = format!("{:#}", model.load_adapter(&adapter, "y", false).unwrap_err());
+    assert!(err.contains("would be ignored") && err.contains(extra), "{err}");
+    assert!(model.adapter_names() == ["x"], "the refused adapter is not left half attached");
+    tensors.remove(extra);
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+    model.load_adapter(&adapter, "y", false).unwrap();
+    edit_json(&adapter.join("adapter_config.json"), "use_rslora", true.into());
+    let err = format!("{:#}", model.load_adapter(&adapter, "z", false).unwrap_err());
+    assert!(err.contains("use_rslora") && err.contains("not supported"), "{err}");
+}

@@ -443,3 +443,22 @@ fn shipped_sample_prepares_with_expected_counts() {
         assert!(stats.domains[domain].test.pairs > 0, "{domain} has a test split");
     }
 }
+
+#[test]
+fn the_output_folder_is_replaced_whole_and_a_foreign_folder_is_refused() {
+    let raw = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let dialogue = "\n\nHuman: Hi";
+    write(raw.path(), "anthropic/test.jsonl", &anthropic_line(&hh(dialogue, "Hello."), &hh(dialogue, "Go away.")));
+    write(out.path(), "oasst/train.jsonl", "{}\n");
+    write(out.path(), "stats.json", "{}");
+    prepare(&options(raw.path(), out.path())).unwrap();
+    assert!(!out.path().join("oasst").exists(), "a domain of an earlier prepare does not outlive it");
+    assert_eq!(pairs(out.path(), "anthropic", "train").len(), 1);
+
+    let foreign = tempfile::tempdir().unwrap();
+    write(foreign.path(), "thesis.tex", "mine");
+    let err = prepare(&options(raw.path(), foreign.path())).unwrap_err().to_string();
+    assert!(err.contains("not a prepared data folder"), "{err}");
+    assert!(foreign.path().join("thesis.tex").is_file());
+}

@@ -129,6 +129,29 @@ fn baselora_learns_the_marker_task_and_its_run_directory_is_the_merged_model() {
     );
     assert!(saved.contains_key("classifier.weight") && saved.contains_key("pooler.dense.weight"));
 
+    // The adapter is never applied twice: named by its path it is the run's own (on the backbone); a
+    // copy of the merged files with the adapter beside them refuses it.
+    let by_path =
+        ScoreOptions { adapter: Some(run.join("adapters/default").display().to_string()), ..Default::default() };
+    let scorer = load_scorer(&run, &LoadOptions::default(), &by_path).unwrap();
+    let c = scorer.model.score(&marker_pairs(), 4, &scorer.adapters).unwrap();
+    assert!(a.iter().zip(&c).all(|(x, y)| (x - y).abs() < 1e-4), "{a:?} vs {c:?}");
+    let copy = out.path().join("copy");
+    std::fs::create_dir_all(copy.join("adapters")).unwrap();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(run.join(f), copy.join(f)).unwrap();
+    }
+    std::fs::create_dir_all(copy.join("adapters/default")).unwrap();
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(run.join("adapters/default").join(f), copy.join("adapters/default").join(f)).unwrap();
+    }
+    let err = load_scorer(&copy, &LoadOptions::default(), &ScoreOptions::default()).err().unwrap().to_string();
+    assert!(err.contains("already has adapter `default` merged in"), "{err}");
+    let elsewhere =
+        ScoreOptions { adapter: Some(copy.join("adapters/default").display().to_string()), ..Default::default() };
+    let err = load_scorer(&run, &LoadOptions::default(), &elsewhere).err().unwrap().to_string();
+    assert!(err.contains("is an rmroute run"), "{err}");
+
     // Parameters: the backbone's encoder once, the adapter's A/B and its head — no unused base head.
     let adapter_file = candle_core::safetensors::load(
         run.join("adapters/default/adapter_model.safetensors"),
@@ -180,6 +203,15 @@ fn a_finished_run_is_not_overwritten_without_force() {
     train_baseline(&cfg, candle_core::Device::Cpu, &force).unwrap();
     assert!(!run.join("results.json").exists(), "old results do not outlive their run");
     assert!(run.join("rmroute.json").is_file());
+
+    // A run killed before its first checkpoint is not removed without --force either.
+    let killed = out.path().join("killed");
+    std::fs::create_dir_all(&killed).unwrap();
+    std::fs::write(killed.join("metrics.jsonl"), b"").unwrap();
+    cfg.out = killed.clone();
+    let err = train_baseline(&cfg, candle_core::Device::Cpu, &quiet()).unwrap_err().to_string();
+    assert!(err.contains("unfinished run") && err.contains("--force"), "{err}");
+    assert!(killed.join("metrics.jsonl").is_file());
 
     let stranger = out.path().join("notes");
     std::fs::create_dir_all(&stranger).unwrap();

@@ -95,9 +95,10 @@ pub fn sync_file(path: &Path) -> std::io::Result<()> {
     File::open(path)?.sync_all()
 }
 
-/// A directory written whole under a temporary name (`NAME.tmp` beside it), synced, then renamed into
-/// place, so a crash leaves the old directory or the new one, never a mix. A previous directory under
-/// the name is moved to `NAME.old` and removed after the swap.
+/// A directory written whole under a temporary name (a hidden sibling unique to this call), synced,
+/// then renamed into place, so a crash leaves the old directory or the new one, never a mix. A previous
+/// directory under the name is moved aside to another unique sibling and removed after the swap;
+/// nothing else beside the target is touched.
 pub struct StagedDir {
     staged: PathBuf,
     target: PathBuf,
@@ -107,9 +108,6 @@ pub struct StagedDir {
 impl StagedDir {
     pub fn new(target: &Path) -> std::io::Result<Self> {
         let staged = sibling(target, "tmp")?;
-        if staged.exists() {
-            std::fs::remove_dir_all(&staged)?;
-        }
         std::fs::create_dir_all(&staged)?;
         Ok(Self { staged, target: target.to_path_buf(), committed: false })
     }
@@ -123,10 +121,8 @@ impl StagedDir {
     pub fn commit(mut self) -> std::io::Result<()> {
         sync_tree(&self.staged)?;
         let old = sibling(&self.target, "old")?;
-        if old.exists() {
-            std::fs::remove_dir_all(&old)?;
-        }
-        if self.target.exists() {
+        let replaced = self.target.exists();
+        if replaced {
             std::fs::rename(&self.target, &old)?;
         }
         std::fs::rename(&self.staged, &self.target)?;
@@ -134,10 +130,22 @@ impl StagedDir {
         if let Some(parent) = self.target.parent().filter(|p| !p.as_os_str().is_empty()) {
             File::open(parent)?.sync_all()?;
         }
-        if old.exists() {
+        if replaced {
             std::fs::remove_dir_all(&old)?;
         }
         Ok(())
+    }
+
+    /// A previous directory that a crash left moved aside (between the two renames of a commit).
+    pub fn moved_aside(target: &Path) -> Option<PathBuf> {
+        let name = target.file_name()?.to_str()?;
+        let prefix = format!(".{name}.old-");
+        let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::read_dir(parent)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
     }
 }
 
@@ -149,15 +157,18 @@ impl Drop for StagedDir {
     }
 }
 
-/// `DIR/NAME.tag` beside `target`.
-pub fn sibling(target: &Path, tag: &str) -> std::io::Result<PathBuf> {
+/// A hidden sibling of `target` that no other call uses: `DIR/.NAME.tag-<pid>-<n>`.
+fn sibling(target: &Path, tag: &str) -> std::io::Result<PathBuf> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
     let name = target.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("{} does not end in a directory name", target.display()),
         )
     })?;
-    Ok(target.with_file_name(format!("{name}.{tag}")))
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    Ok(target.with_file_name(format!(".{name}.{tag}-{}-{n}", std::process::id())))
 }
 
 fn sync_tree(dir: &Path) -> std::io::Result<()> {
@@ -189,13 +200,17 @@ mod tests {
             std::fs::write(staged.path().join("a.txt"), b"new a").unwrap();
         }
         assert_eq!(std::fs::read(target.join("a.txt")).unwrap(), b"old a");
-        assert!(!root.path().join("artifact.tmp").exists());
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1, "the staged copy is gone");
+        std::fs::create_dir_all(root.path().join("artifact.old")).unwrap();
+        std::fs::write(root.path().join("artifact.old/keep.txt"), b"a user's backup").unwrap();
         let staged = StagedDir::new(&target).unwrap();
         std::fs::write(staged.path().join("a.txt"), b"new a").unwrap();
         staged.commit().unwrap();
         assert_eq!(std::fs::read(target.join("a.txt")).unwrap(), b"new a");
         assert!(!target.join("b.txt").exists(), "nothing of the old directory is mixed in");
-        let left: Vec<_> = std::fs::read_dir(root.path()).unwrap().collect();
-        assert_eq!(left.len(), 1);
+        let mut left: Vec<String> =
+            std::fs::read_dir(root.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        left.sort();
+        assert_eq!(left, ["artifact", "artifact.old"], "a neighbour with a similar name is never touched");
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::convert::{id_prefix, Conversion};
 use super::error::RecordError;
-use super::io::{write_atomic, write_atomic_with};
+use super::io::{write_atomic, write_atomic_with, StagedDir};
 use super::record::PairRecord;
 use super::split::is_test;
 use super::{anthropic, dahoas, hellaswag, oasst, shp, DOMAINS};
@@ -50,6 +50,8 @@ pub enum PrepareError {
     TestFraction(f64),
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: std::io::Error },
+    #[error("{} exists and is not a prepared data folder (no stats.json): choose another --out", .0.display())]
+    NotPrepared(PathBuf),
     #[error("cannot read {}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
 }
@@ -146,15 +148,26 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareStats, PrepareError> {
         outputs.push((domain.clone(), train, test));
         stats.domains.insert(domain.clone(), domain_stats);
     }
-    for (domain, train, test) in &outputs {
-        write_pairs(&opts.out.join(domain).join("train.jsonl"), train)?;
-        write_pairs(&opts.out.join(domain).join("test.jsonl"), test)?;
+    // The whole folder is written under a temporary name and swapped in: no domain of an earlier
+    // `prepare` outlives it, and a crash leaves the old folder or the new one.
+    let out = &opts.out;
+    let holds_other_things =
+        std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false) && !out.join("stats.json").is_file();
+    if holds_other_things {
+        return Err(PrepareError::NotPrepared(out.clone()));
     }
-    let path = opts.out.join("stats.json");
+    let write_err = |source| PrepareError::Write { path: out.clone(), source };
+    let staged = StagedDir::new(out).map_err(write_err)?;
+    for (domain, train, test) in &outputs {
+        write_pairs(&staged.path().join(domain).join("train.jsonl"), train)?;
+        write_pairs(&staged.path().join(domain).join("test.jsonl"), test)?;
+    }
+    let path = staged.path().join("stats.json");
     let mut json =
         serde_json::to_vec_pretty(&stats).map_err(|e| PrepareError::Write { path: path.clone(), source: e.into() })?;
     json.push(b'\n');
     write_atomic(&path, &json).map_err(|source| PrepareError::Write { path, source })?;
+    staged.commit().map_err(write_err)?;
     Ok(stats)
 }
 

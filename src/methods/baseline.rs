@@ -20,7 +20,6 @@ pub const ADAPTER: &str = "default";
 /// Trains Baseline (or BaseLoRA when the config has a `lora` section) and writes the run directory.
 pub fn train_baseline(cfg: &TrainConfig, device: candle_core::Device, opts: &RunOptions) -> Result<PathBuf> {
     let out = &cfg.out;
-    prepare_run_dir(out, opts.resume, opts.force)?;
     let backbone_dir = resolve_model_dir(&cfg.backbone)?;
     let (domains, pairs) = load_train_pairs(cfg)?;
     let load = LoadOptions { device, train_encoder: cfg.lora.is_none(), seed: cfg.seed, new_head: true };
@@ -42,6 +41,7 @@ pub fn train_baseline(cfg: &TrainConfig, device: candle_core::Device, opts: &Run
         }
         None => None,
     };
+    prepare_run_dir(out, opts.resume, opts.force)?;
     let trainable: usize =
         model.trainable_vars(&adapter.into_iter().collect::<Vec<_>>()).iter().map(|(_, v)| v.elem_count()).sum();
     if !opts.quiet {

@@ -295,8 +295,8 @@ fn save_checkpoint(dir: &Path, optimizer: &AdamW, state: &CheckpointState) -> Re
 fn load_checkpoint(dir: &Path, optimizer: &mut AdamW, cfg: &TrainConfig, device: &Device) -> Result<CheckpointState> {
     let dir: PathBuf = if dir.join("state.json").is_file() {
         dir.to_path_buf()
-    } else if dir.with_extension("old").join("state.json").is_file() {
-        dir.with_extension("old") // a crash between the two renames
+    } else if let Some(aside) = StagedDir::moved_aside(dir).filter(|d| d.join("state.json").is_file()) {
+        aside // a crash between the two renames of a checkpoint's commit
     } else {
         bail!("nothing to resume: no checkpoint in {}", dir.display());
     };
