@@ -372,9 +372,9 @@ def main():
     print("\n== rmroute -> Python")
     lora = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.1, "target_modules": ["query", "key", "value", "dense"]}
     runs = {
-        "baseline": {"backbone": backbone, "domains": ["oasst"], "epochs": 1, "batch_size": 8, "lr": 5e-5,
+        "baseline": {"method": "baseline", "backbone": backbone, "domains": ["oasst"], "epochs": 1, "batch_size": 8, "lr": 5e-5,
                      "max_length": MAX_LENGTH, "max_pairs": 32, "truncation": "longest_first"},
-        "baselora": {"backbone": backbone, "domains": ["oasst"], "epochs": 1, "batch_size": 8, "lr": 5e-4,
+        "baselora": {"method": "baselora", "backbone": backbone, "domains": ["oasst"], "epochs": 1, "batch_size": 8, "lr": 5e-4,
                      "max_length": MAX_LENGTH, "max_pairs": 32, "truncation": "longest_first", "lora": lora},
     }
     for method, cfg in runs.items():

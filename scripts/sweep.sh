@@ -7,11 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 config=$1; shift
 name=$(basename "$config" .json)
-method=${name%%-*}
+method=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("method", ""))' "$config")
 case $method in
   baseline|baselora) command=train-baseline ;;
   more|rodos|arliss|dmoerm) command=train-$method ;;
-  *) echo "cannot tell the method from the config name $name (expected <method>-<backbone>.json)" >&2; exit 2 ;;
+  *) echo "$config names no known \"method\" (baseline, baselora, rodos, …)" >&2; exit 2 ;;
 esac
 bin=target/release/rmroute
 cargo build --release --locked --quiet
@@ -21,7 +21,7 @@ for seed in "$@"; do
   out=${RUNS:-runs}/$name-seed$seed
   if [ -f "$out/rmroute.json" ]; then
     echo "$out is done; skipping training" >&2
-  elif [ -d "$out/checkpoint" ]; then
+  elif [ -d "$out/checkpoint" ] || [ -d "$out/stages" ]; then
     $bin $command --config "$config" --seed "$seed" --out "$out" --data "$data" --resume ${EXTRA:-}
   else
     $bin $command --config "$config" --seed "$seed" --out "$out" --data "$data" ${EXTRA:-}

@@ -8,10 +8,65 @@ use serde::{Deserialize, Serialize};
 
 use crate::encoding::Truncation;
 use crate::lora::{LoraConfig, TargetModules};
+use crate::train::objective::Balance;
+
+/// The methods of the papers that rmroute trains; each `train-*` subcommand trains one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// One reward model, fully fine-tuned on all domains mixed.
+    #[default]
+    Baseline,
+    /// One frozen encoder with one LoRA adapter and its head, on all domains mixed.
+    Baselora,
+    /// A reward model per domain and an external router over prompts.
+    Rodos,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Baseline => "baseline",
+            Method::Baselora => "baselora",
+            Method::Rodos => "rodos",
+        }
+    }
+
+    /// The subcommand that trains it.
+    pub fn command(self) -> &'static str {
+        match self {
+            Method::Baseline | Method::Baselora => "train-baseline",
+            Method::Rodos => "train-rodos",
+        }
+    }
+}
+
+/// RODOS (router-reward-models.txt §3.2): its router's training.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RodosConfig {
+    pub router: RouterConfig,
+}
+
+/// The external router: a classifier over domains trained with cross-entropy on prompts alone.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// Default: the config's `epochs`.
+    pub epochs: Option<usize>,
+    /// Default: the config's `lr`.
+    pub lr: Option<f64>,
+    /// Default: the config's `batch_size`.
+    pub batch_size: Option<usize>,
+    /// `class_weights` (default), `sampling` or `none`: the paper's domains range from 57% to 4%.
+    pub balance: Balance,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
+    /// The method this config trains; required in a config file (never guessed).
+    pub method: Method,
     /// A checkpoint directory in Hugging Face layout, or a hub id.
     pub backbone: String,
     /// The prepared data folder (`<domain>/train.jsonl`, `test.jsonl`).
@@ -50,13 +105,16 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// With a `lora` section, `train-baseline` trains BaseLoRA: a frozen encoder, one adapter and its head.
+    /// The adapter of `baselora`: a frozen encoder, one adapter and its head.
     pub lora: Option<LoraConfig>,
+    /// The section of `rodos`.
+    pub rodos: Option<RodosConfig>,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
+            method: Method::Baseline,
             backbone: "microsoft/deberta-v3-base".into(),
             data: "prepared".into(),
             domains: vec![],
@@ -80,6 +138,7 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             device: "cpu".into(),
             lora: None,
+            rodos: None,
         }
     }
 }
@@ -93,6 +152,14 @@ impl TrainConfig {
     /// Reads a config file; unknown keys and wrong types are errors naming the key and the file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let raw: serde_json::Value =
+            parse_json(&text).with_context(|| format!("config {}: not JSON", path.display()))?;
+        if raw.get("method").is_none() {
+            anyhow::bail!(
+                "config {}: `method` is missing: name the method it trains (baseline, baselora or rodos)",
+                path.display()
+            );
+        }
         let config: Self = parse_json(&text).with_context(|| format!("config {}", path.display()))?;
         config.validate().with_context(|| format!("config {}", path.display()))?;
         Ok(config)
@@ -112,15 +179,28 @@ impl TrainConfig {
         if let Some(lora) = &self.lora {
             lora.validate().map_err(|e| anyhow::anyhow!("`lora`: {e}"))?;
         }
+        let method = self.method.name();
+        match (self.method, &self.lora, &self.rodos) {
+            (Method::Baselora, None, _) => anyhow::bail!("method `baselora` needs a `lora` section"),
+            (Method::Baseline | Method::Rodos, Some(_), _) => {
+                anyhow::bail!("a `lora` section belongs to method `baselora`, not `{method}`")
+            }
+            (Method::Rodos, _, None) => anyhow::bail!("method `rodos` needs a `rodos` section (it may be `{{}}`)"),
+            (Method::Baseline | Method::Baselora, _, Some(_)) => {
+                anyhow::bail!("a `rodos` section belongs to method `rodos`, not `{method}`")
+            }
+            _ => {}
+        }
+        if let Some(router) = self.rodos.as_ref().map(|r| &r.router) {
+            anyhow::ensure!(router.epochs != Some(0), "`rodos.router.epochs` must be positive");
+            anyhow::ensure!(router.lr.is_none_or(|lr| lr > 0.0), "`rodos.router.lr` must be positive");
+            anyhow::ensure!(router.batch_size != Some(0), "`rodos.router.batch_size` must be positive");
+        }
         Ok(())
     }
 
     pub fn method(&self) -> &'static str {
-        if self.lora.is_some() {
-            "baselora"
-        } else {
-            "baseline"
-        }
+        self.method.name()
     }
 }
 
@@ -177,5 +257,23 @@ mod tests {
             parse_json("{\"lora\": {\"r\": 0, \"lora_alpha\": 8, \"target_modules\": [\"q\"]}}").unwrap();
         let err = zero.validate().unwrap_err().to_string();
         assert!(err.contains("`r` must be positive"), "{err}");
+    }
+
+    #[test]
+    fn each_method_has_its_section_and_no_other() {
+        let parse = |text: &str| parse_json::<TrainConfig>(text).unwrap().validate().map_err(|e| e.to_string());
+        assert!(parse("{\"method\": \"rodos\"}").unwrap_err().contains("needs a `rodos` section"));
+        assert!(parse("{\"method\": \"rodos\", \"rodos\": {}}").is_ok());
+        let lora = "\"lora\": {\"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"q\"]}";
+        assert!(parse(&format!("{{\"method\": \"rodos\", \"rodos\": {{}}, {lora}}}"))
+            .unwrap_err()
+            .contains("`baselora`"));
+        assert!(parse("{\"method\": \"baselora\"}").unwrap_err().contains("needs a `lora` section"));
+        assert!(parse("{\"method\": \"baseline\", \"rodos\": {}}").unwrap_err().contains("belongs to method `rodos`"));
+        let err = parse_json::<TrainConfig>("{\"method\": \"rodso\"}").unwrap_err().to_string();
+        assert!(err.starts_with("`method`:") && err.contains("rodos"), "{err}");
+        let err =
+            parse_json::<TrainConfig>("{\"method\": \"rodos\", \"rodos\": {\"routr\": {}}}").unwrap_err().to_string();
+        assert!(err.contains("routr"), "{err}");
     }
 }

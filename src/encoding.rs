@@ -103,9 +103,38 @@ impl PairEncoder {
         Ok(Row { ids: pair.get_ids().to_vec(), type_ids: pair.get_type_ids().to_vec(), truncated })
     }
 
+    /// A prompt alone (`tokenizer(prompt)`, for routers, which never see the response), cut to
+    /// `max_length`: from its end under `longest_first`, from its start under `keep_prompt_end`.
+    pub fn encode_single(&self, text: &str) -> Result<Row> {
+        let mut a = self.tokenizer.encode(text, false).map_err(anyhow::Error::msg)?;
+        let added =
+            self.tokenizer.get_post_processor().map(|p| tokenizers::PostProcessor::added_tokens(p, false)).unwrap_or(0);
+        let budget = self.max_length.saturating_sub(added);
+        let truncated = a.len() > budget;
+        if truncated {
+            let direction = match self.truncation {
+                Truncation::LongestFirst => TruncationDirection::Right,
+                Truncation::KeepPromptEnd => TruncationDirection::Left,
+            };
+            a.truncate(budget, 0, direction);
+        }
+        let single = self.tokenizer.post_process(a, None, true).map_err(anyhow::Error::msg)?;
+        Ok(Row { ids: single.get_ids().to_vec(), type_ids: single.get_type_ids().to_vec(), truncated })
+    }
+
+    /// Prompts alone, padded to the longest row.
+    pub fn encode_prompts(&self, prompts: &[&str], device: &Device) -> Result<Batch> {
+        let rows = prompts.iter().map(|p| self.encode_single(p)).collect::<Result<Vec<_>>>()?;
+        self.pad(rows, device)
+    }
+
     /// Prompt-and-response pairs, padded to the longest row.
     pub fn encode(&self, pairs: &[(&str, &str)], device: &Device) -> Result<Batch> {
         let rows = pairs.iter().map(|(p, r)| self.encode_row(p, r)).collect::<Result<Vec<_>>>()?;
+        self.pad(rows, device)
+    }
+
+    fn pad(&self, rows: Vec<Row>, device: &Device) -> Result<Batch> {
         let seq = rows.iter().map(|r| r.ids.len()).max().unwrap_or(1).max(1);
         let (mut ids, mut types, mut mask) = (Vec::new(), Vec::new(), Vec::new());
         for row in &rows {

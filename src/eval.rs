@@ -13,8 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::split::{mix, stable_hash};
 use crate::data::{read_pairs, PairRecord};
-use crate::model::RewardModel;
-use crate::nn::Adapters;
+use crate::load::{Kind, Scorer};
 use crate::train::loss::pairwise_correct;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,6 +37,34 @@ pub struct Results {
     /// Pairs per second when scoring at batch 32.
     pub pairs_per_second: f64,
     pub epoch_seconds: Vec<f64>,
+    /// A routed method: accuracy when every pair is scored by its true domain's model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oracle: Option<BTreeMap<String, DomainResult>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oracle_mean_accuracy: Option<f64>,
+    /// A routed method: how often the router picks each prompt's true domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<RouterResults>,
+    /// The parts of a run of several models, for Table 3.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<crate::run::Part>,
+}
+
+/// The router on the test prompts: accuracy overall and per domain, and the confusion matrix
+/// (`confusion[true][predicted]`, in `labels` order).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RouterResults {
+    pub labels: Vec<String>,
+    pub accuracy: f64,
+    pub per_domain: BTreeMap<String, f64>,
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// Routed and oracle accuracy per domain, and the router's own results, for a routed scorer.
+pub struct RoutedResults {
+    pub routed: BTreeMap<String, DomainResult>,
+    pub oracle: BTreeMap<String, DomainResult>,
+    pub router: RouterResults,
 }
 
 /// The test pairs of `domain`: all of them, or `max_pairs` drawn with `seed` (kept in file order).
@@ -60,11 +87,10 @@ pub fn test_pairs(data: &Path, domain: &str, max_pairs: Option<usize>, seed: u64
     Ok(keep.into_iter().map(|i| records[i].clone()).collect())
 }
 
-/// Accuracy of `model` (with `adapters`) on each domain's `test.jsonl` in `data`; with `max_pairs`,
-/// on that many pairs per domain sampled with `seed`.
+/// Accuracy of `scorer` on each domain's `test.jsonl` in `data` (routed, for a routed scorer); with
+/// `max_pairs`, on that many pairs per domain sampled with `seed`. Also pairs/s at batch 32.
 pub fn accuracy_by_domain(
-    model: &RewardModel,
-    adapters: &Adapters,
+    scorer: &Scorer,
     data: &Path,
     domains: &[String],
     max_pairs: Option<usize>,
@@ -74,19 +100,9 @@ pub fn accuracy_by_domain(
     let (mut pairs_done, mut seconds) = (0usize, 0f64);
     for domain in domains {
         let records = test_pairs(data, domain, max_pairs, seed)?;
-        let mut correct = 0;
-        for chunk in records.chunks(32) {
-            let inputs: Vec<(&str, &str)> = chunk
-                .iter()
-                .map(|p| (p.prompt.as_str(), p.chosen.as_str()))
-                .chain(chunk.iter().map(|p| (p.prompt.as_str(), p.rejected.as_str())))
-                .collect();
-            let start = Instant::now();
-            let rewards = model.score(&inputs, inputs.len(), adapters)?;
-            seconds += start.elapsed().as_secs_f64();
-            let (chosen, rejected) = rewards.split_at(chunk.len());
-            correct += pairwise_correct(chosen, rejected);
-        }
+        let start = Instant::now();
+        let correct = count_correct(&records, |inputs| Ok(scorer.score(inputs, inputs.len())?.rewards))?;
+        seconds += start.elapsed().as_secs_f64();
         pairs_done += records.len();
         let accuracy = correct as f64 / records.len() as f64;
         results.insert(domain.clone(), DomainResult { pairs: records.len(), accuracy });
@@ -94,14 +110,80 @@ pub fn accuracy_by_domain(
     Ok((results, pairs_done as f64 / seconds.max(1e-9)))
 }
 
-/// Mean seconds to score one `(prompt, response)` alone, over up to `n` inputs (after one warm-up).
-pub fn seconds_per_step(model: &RewardModel, adapters: &Adapters, inputs: &[(&str, &str)], n: usize) -> Result<f64> {
+/// Pairs whose chosen response out-scores the rejected one, scoring 32 pairs at a time.
+fn count_correct(records: &[PairRecord], mut score: impl FnMut(&[(&str, &str)]) -> Result<Vec<f32>>) -> Result<usize> {
+    let mut correct = 0;
+    for chunk in records.chunks(32) {
+        let inputs: Vec<(&str, &str)> = chunk
+            .iter()
+            .map(|p| (p.prompt.as_str(), p.chosen.as_str()))
+            .chain(chunk.iter().map(|p| (p.prompt.as_str(), p.rejected.as_str())))
+            .collect();
+        let rewards = score(&inputs)?;
+        let (chosen, rejected) = rewards.split_at(chunk.len());
+        correct += pairwise_correct(chosen, rejected);
+    }
+    Ok(correct)
+}
+
+/// For a routed scorer: accuracy with the router's choices and with the true domains (oracle), and
+/// the router's accuracy and confusion matrix on the test prompts.
+pub fn routed_results(
+    scorer: &Scorer,
+    data: &Path,
+    domains: &[String],
+    max_pairs: Option<usize>,
+    seed: u64,
+) -> Result<Option<RoutedResults>> {
+    let Kind::Routed(routed) = &scorer.kind else { return Ok(None) };
+    let labels = routed.domains.clone();
+    let mut confusion = vec![vec![0usize; labels.len()]; labels.len()];
+    let (mut routed_acc, mut oracle_acc, mut per_domain) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    for domain in domains {
+        let truth = labels.iter().position(|l| l == domain).with_context(|| {
+            format!("the router does not know domain `{domain}` (it chooses among {})", labels.join(", "))
+        })?;
+        let records = test_pairs(data, domain, max_pairs, seed)?;
+        let prompts: Vec<&str> = records.iter().map(|p| p.prompt.as_str()).collect();
+        let picked = routed.route(&prompts, 32)?;
+        for &p in &picked {
+            confusion[truth][p] += 1;
+        }
+        per_domain.insert(domain.clone(), picked.iter().filter(|&&p| p == truth).count() as f64 / picked.len() as f64);
+        // Routed: the chosen and the rejected response of a pair go to the model its prompt routes to.
+        let mut offset = 0;
+        let correct = count_correct(&records, |inputs| {
+            let n = inputs.len() / 2;
+            let chosen: Vec<String> = picked[offset..offset + n].iter().map(|&p| labels[p].clone()).collect();
+            offset += n;
+            let both: Vec<String> = chosen.iter().chain(&chosen).cloned().collect();
+            routed.score_in(inputs, &both, inputs.len())
+        })?;
+        routed_acc.insert(
+            domain.clone(),
+            DomainResult { pairs: records.len(), accuracy: correct as f64 / records.len() as f64 },
+        );
+        let correct = count_correct(&records, |inputs| scorer.score_as(inputs, domain, inputs.len()))?;
+        oracle_acc.insert(
+            domain.clone(),
+            DomainResult { pairs: records.len(), accuracy: correct as f64 / records.len() as f64 },
+        );
+    }
+    let total: usize = confusion.iter().flatten().sum();
+    let hits: usize = (0..labels.len()).map(|i| confusion[i][i]).sum();
+    let router = RouterResults { labels, accuracy: hits as f64 / total.max(1) as f64, per_domain, confusion };
+    Ok(Some(RoutedResults { routed: routed_acc, oracle: oracle_acc, router }))
+}
+
+/// Mean seconds to score one `(prompt, response)` alone (routing included), over up to `n` inputs
+/// (after one warm-up).
+pub fn seconds_per_step(scorer: &Scorer, inputs: &[(&str, &str)], n: usize) -> Result<f64> {
     let Some(first) = inputs.first() else { return Ok(0.0) };
-    model.score(&[*first], 1, adapters)?;
+    scorer.score(&[*first], 1)?;
     let take = inputs.len().min(n).max(1);
     let start = Instant::now();
     for input in &inputs[..take] {
-        model.score(&[*input], 1, adapters)?;
+        scorer.score(&[*input], 1)?;
     }
     Ok(start.elapsed().as_secs_f64() / take as f64)
 }

@@ -1,5 +1,6 @@
-//! Reward heads in Hugging Face's naming, so a single-domain reward model saved by rmroute loads in
-//! transformers as `…ForSequenceClassification` with `num_labels = 1`, and the other way round.
+//! Sequence-classification heads in Hugging Face's naming, so a model saved by rmroute loads in
+//! transformers as `…ForSequenceClassification` and the other way round: a reward model has one output
+//! (`num_labels = 1`), a router one per domain.
 //! BERT: `bert.pooler.dense` (tanh) + `classifier`; DeBERTa: `pooler.dense` (ContextPooler) + `classifier`.
 
 use candle_core::{IndexOp, Module, Result, Tensor};
@@ -18,34 +19,47 @@ pub struct RewardHead {
 }
 
 impl RewardHead {
-    pub fn load_bert(vb: VarBuilder, cfg: &BertConfig) -> Result<Self> {
+    pub fn load_bert(vb: VarBuilder, cfg: &BertConfig, outputs: usize) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
             pooler: Linear::load(vb.pp("bert.pooler.dense"), h, h, cfg.initializer_range)?,
             pooler_activation: "tanh".into(),
             pooler_dropout: 0.0,
-            classifier: Linear::load(vb.pp("classifier"), h, 1, cfg.initializer_range)?,
+            classifier: Linear::load(vb.pp("classifier"), h, outputs, cfg.initializer_range)?,
             classifier_dropout: cfg.classifier_dropout.unwrap_or(cfg.hidden_dropout_prob),
         })
     }
 
-    pub fn load_deberta(vb: VarBuilder, cfg: &DebertaConfig) -> Result<Self> {
+    pub fn load_deberta(vb: VarBuilder, cfg: &DebertaConfig, outputs: usize) -> Result<Self> {
         let p = cfg.pooler_size();
         Ok(Self {
             pooler: Linear::load(vb.pp("pooler.dense"), cfg.hidden_size, p, cfg.initializer_range)?,
             pooler_activation: cfg.pooler_hidden_act.clone(),
             pooler_dropout: cfg.pooler_dropout,
-            classifier: Linear::load(vb.pp("classifier"), p, 1, cfg.initializer_range)?,
+            classifier: Linear::load(vb.pp("classifier"), p, outputs, cfg.initializer_range)?,
             classifier_dropout: cfg.cls_dropout.unwrap_or(cfg.hidden_dropout_prob),
         })
     }
 
-    /// One reward per row, from the first token's hidden state: `(batch,)`.
-    pub fn forward(&self, hidden: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    /// Outputs of the classifier.
+    pub fn outputs(&self) -> usize {
+        self.classifier.weight.dims()[0]
+    }
+
+    /// Logits from the first token's hidden state: `(batch, outputs)`.
+    pub fn logits(&self, hidden: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let first = hidden.i((.., 0))?.contiguous()?;
         let first = ctx.dropout(&first, self.pooler_dropout)?;
         let pooled = activation(&self.pooler_activation, &self.pooler.forward(&first)?)?;
         let pooled = ctx.dropout(&pooled, self.classifier_dropout)?;
-        self.classifier.forward(&pooled)?.squeeze(1)
+        self.classifier.forward(&pooled)
+    }
+
+    /// One reward per row: `(batch,)`; an error for a head with several outputs (a router).
+    pub fn forward(&self, hidden: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        if self.outputs() != 1 {
+            candle_core::bail!("a head with {} outputs is a classifier, not a reward head", self.outputs());
+        }
+        self.logits(hidden, ctx)?.squeeze(1)
     }
 }

@@ -1,7 +1,9 @@
-//! One way to load something to score with: an rmroute run directory (its `rmroute.json` says what
-//! the files are and how inputs were truncated in training), or a Hugging Face checkpoint with
-//! optional PEFT adapters under `adapters/<name>/` or elsewhere.
+//! One way to load something to score with, for `score`, `eval` and the server: an rmroute run
+//! directory (its `rmroute.json` says what the files are, which method made them and how inputs were
+//! truncated in training), or a Hugging Face checkpoint with optional PEFT adapters under
+//! `adapters/<name>/` or elsewhere.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -10,14 +12,100 @@ use crate::backbone::resolve_model_dir;
 use crate::encoding::Truncation;
 use crate::model::{LoadOptions, RewardModel};
 use crate::nn::Adapters;
-use crate::run::RunMeta;
+use crate::run::{Part, Role, RunMeta};
 
-/// A loaded model and the adapters a forward pass should use.
+/// Something that scores: one model (with the adapters its forward pass uses), or a router over
+/// one reward model per domain.
 pub struct Scorer {
-    pub model: RewardModel,
-    pub adapters: Adapters,
+    pub kind: Kind,
     /// The run's description, when `dir` is an rmroute run.
     pub run: Option<RunMeta>,
+}
+
+pub enum Kind {
+    Single { model: RewardModel, adapters: Adapters },
+    Routed(Routed),
+}
+
+/// RODOS: the router picks, per prompt, the domain whose reward model scores the pair.
+pub struct Routed {
+    pub router: RewardModel,
+    /// The router's labels, in order; each has a model.
+    pub domains: Vec<String>,
+    pub models: BTreeMap<String, RewardModel>,
+}
+
+/// Rewards, and for a routed scorer the domain each input was routed to.
+pub struct Scored {
+    pub rewards: Vec<f32>,
+    pub domains: Option<Vec<String>>,
+}
+
+impl Scorer {
+    /// The single model, for callers that need its internals (tests, timing).
+    pub fn single(&self) -> Option<(&RewardModel, &Adapters)> {
+        match &self.kind {
+            Kind::Single { model, adapters } => Some((model, adapters)),
+            Kind::Routed(_) => None,
+        }
+    }
+
+    /// Rewards for `(prompt, response)` pairs, in batches of `batch_size`.
+    pub fn score(&self, pairs: &[(&str, &str)], batch_size: usize) -> Result<Scored> {
+        match &self.kind {
+            Kind::Single { model, adapters } => {
+                Ok(Scored { rewards: model.score(pairs, batch_size, adapters)?, domains: None })
+            }
+            Kind::Routed(routed) => {
+                // Each distinct prompt is routed once (a pair's two responses share their prompt).
+                let mut distinct: Vec<&str> = pairs.iter().map(|(p, _)| *p).collect();
+                distinct.sort_unstable();
+                distinct.dedup();
+                let picked = routed.route(&distinct, batch_size)?;
+                let domains: Vec<String> = pairs
+                    .iter()
+                    .map(|(p, _)| distinct.binary_search(p).map(|i| routed.domains[picked[i]].clone()))
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|_| anyhow::anyhow!("a prompt lost while routing"))?;
+                Ok(Scored { rewards: routed.score_in(pairs, &domains, batch_size)?, domains: Some(domains) })
+            }
+        }
+    }
+
+    /// Rewards when every input is known to come from `domain` (the oracle a router is measured
+    /// against); a single model ignores the domain.
+    pub fn score_as(&self, pairs: &[(&str, &str)], domain: &str, batch_size: usize) -> Result<Vec<f32>> {
+        match &self.kind {
+            Kind::Single { model, adapters } => model.score(pairs, batch_size, adapters),
+            Kind::Routed(routed) => routed.score_in(pairs, &vec![domain.to_string(); pairs.len()], batch_size),
+        }
+    }
+}
+
+impl Routed {
+    /// The domain index the router picks for each prompt.
+    pub fn route(&self, prompts: &[&str], batch_size: usize) -> Result<Vec<usize>> {
+        self.router.classify(prompts, batch_size)
+    }
+
+    /// Scores each row with its domain's model, the rows of one domain together in batches.
+    pub fn score_in(&self, pairs: &[(&str, &str)], domains: &[String], batch_size: usize) -> Result<Vec<f32>> {
+        let mut rewards = vec![f32::NAN; pairs.len()];
+        let mut rows: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, d) in domains.iter().enumerate() {
+            rows.entry(d.as_str()).or_default().push(i);
+        }
+        for (domain, rows) in rows {
+            let model = self.models.get(domain).with_context(|| {
+                format!("no reward model for domain `{domain}` (have: {})", self.domains.join(", "))
+            })?;
+            let inputs: Vec<(&str, &str)> = rows.iter().map(|&i| pairs[i]).collect();
+            for (&i, r) in rows.iter().zip(model.score(&inputs, batch_size, &Adapters::None)?) {
+                rewards[i] = r;
+            }
+        }
+        Ok(rewards)
+    }
 }
 
 /// What the caller may override.
@@ -39,6 +127,13 @@ pub struct ScoreOptions {
 /// the only one under `adapters/`.
 pub fn load_scorer(dir: &Path, opts: &LoadOptions, choice: &ScoreOptions) -> Result<Scorer> {
     let run = if dir.join("rmroute.json").is_file() { Some(RunMeta::read(dir)?) } else { None };
+    if let Some(meta) = run.as_ref().filter(|m| !m.parts.is_empty()) {
+        if choice.adapter.is_some() {
+            bail!("{} is a `{}` run of several models: --adapter does not apply", dir.display(), meta.method);
+        }
+        let routed = load_routed(dir, meta, opts, choice)?;
+        return Ok(Scorer { kind: Kind::Routed(routed), run });
+    }
     let adapters_dir = dir.join("adapters");
     let wanted = match choice.adapter.as_deref() {
         Some(adapter) => Some(which_adapter(adapter, &adapters_dir)?),
@@ -89,7 +184,55 @@ pub fn load_scorer(dir: &Path, opts: &LoadOptions, choice: &ScoreOptions) -> Res
     let max_length = choice.max_length.or(trained.map(|t| t.0)).unwrap_or(model.max_positions);
     let truncation = choice.truncation.or(trained.map(|t| t.1)).unwrap_or_default();
     model.set_limits(max_length, truncation);
-    Ok(Scorer { model, adapters, run })
+    Ok(Scorer { kind: Kind::Single { model, adapters }, run })
+}
+
+/// The router and every domain's reward model that a run's manifest names.
+fn load_routed(dir: &Path, meta: &RunMeta, opts: &LoadOptions, choice: &ScoreOptions) -> Result<Routed> {
+    let part_dir = |part: &Part| -> Result<PathBuf> {
+        let path = dir.join(&part.path);
+        if !path.join("config.json").is_file() {
+            bail!(
+                "{}/rmroute.json names part `{}` at {}, which is missing or incomplete (train it again with \
+                 --resume, or restore the directory)",
+                dir.display(),
+                part.name,
+                path.display()
+            );
+        }
+        Ok(path)
+    };
+    let limits = |model: &mut RewardModel| {
+        let max_length = choice.max_length.unwrap_or(meta.config.max_length);
+        model.set_limits(max_length, choice.truncation.unwrap_or(meta.config.truncation));
+    };
+    let router_part = meta
+        .parts
+        .iter()
+        .find(|p| p.role == Role::Router)
+        .with_context(|| format!("{}/rmroute.json lists no router among its parts", dir.display()))?;
+    let mut router = RewardModel::load(&part_dir(router_part)?, opts)?;
+    limits(&mut router);
+    if router.labels != meta.domains {
+        bail!(
+            "the router in {} chooses among {:?}, the run's domains are {:?}",
+            router_part.path,
+            router.labels,
+            meta.domains
+        );
+    }
+    let mut models = BTreeMap::new();
+    for domain in &meta.domains {
+        let part =
+            meta.parts
+                .iter()
+                .find(|p| p.role == Role::Reward && p.domain.as_deref() == Some(domain.as_str()))
+                .with_context(|| format!("{}/rmroute.json has no reward model for domain `{domain}`", dir.display()))?;
+        let mut model = RewardModel::load(&part_dir(part)?, opts)?;
+        limits(&mut model);
+        models.insert(domain.clone(), model);
+    }
+    Ok(Routed { router, domains: meta.domains.clone(), models })
 }
 
 /// Where an `--adapter` lives.

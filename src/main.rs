@@ -16,8 +16,10 @@ struct Cli {
 enum Command {
     /// Convert raw preference data (anthropic, shp, hellaswag, dahoas, oasst) into pair JSONL.
     Prepare(cli::prepare::PrepareArgs),
-    /// Train Baseline (full fine-tuning) or, with a `lora` config section, BaseLoRA.
+    /// Train Baseline (full fine-tuning) or BaseLoRA (`"method": "baselora"` with a `lora` section).
     TrainBaseline(cli::train::TrainArgs),
+    /// Train RODOS: a reward model per domain and an external router over prompts.
+    TrainRodos(cli::train::RodosArgs),
     /// Pairwise accuracy per domain, parameters and timings of a trained run → results.json.
     Eval(cli::eval::EvalArgs),
     /// The paper's Tables 2, 3 and 6 over runs (seeds), as Markdown and CSV.
@@ -31,6 +33,7 @@ fn main() -> Result<()> {
         Command::Prepare(args) => cli::prepare::run(args),
         Command::Score(args) => cli::score::run(args),
         Command::TrainBaseline(args) => cli::train::run_baseline(args),
+        Command::TrainRodos(args) => cli::train::run_rodos(args),
         Command::Eval(args) => cli::eval::run(args),
         Command::Report(args) => cli::report::run(args),
     }

@@ -32,11 +32,13 @@ pub struct LoadOptions {
     /// Training may start from an encoder without a reward head: a new one is initialised (and listed
     /// in [`RewardModel::new_head`]). Otherwise scoring with a missing head is an error.
     pub new_head: bool,
+    /// A classifier over these labels (a router over domains) instead of a one-output reward head.
+    pub labels: Option<Vec<String>>,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, train_encoder: false, seed: 0, new_head: false }
+        Self { device: Device::Cpu, train_encoder: false, seed: 0, new_head: false, labels: None }
     }
 }
 
@@ -59,6 +61,8 @@ pub struct RewardModel {
     /// The encoder's position limit: `max_length` never exceeds it.
     pub max_positions: usize,
     pub adapters: BTreeMap<String, AdapterEntry>,
+    /// The head's output names (`id2label`): one for a reward model, the domains for a router.
+    pub labels: Vec<String>,
     /// Reward-head tensors the checkpoint lacked, initialised from the seed (an encoder, not a reward
     /// model). Scoring with the base head is then an error unless loaded with `new_head`.
     pub new_head: Vec<String>,
@@ -82,7 +86,7 @@ impl RewardModel {
         let bert_config = if checkpoint.arch == Arch::Bert { Some(checkpoint.bert_config()?) } else { None };
         let deberta_config = if checkpoint.arch == Arch::Deberta { Some(checkpoint.deberta_config()?) } else { None };
         let source = checkpoint.weights.display().to_string();
-        let head_tensors: HashMap<String, Tensor> = checkpoint
+        let mut head_tensors: HashMap<String, Tensor> = checkpoint
             .tensors
             .iter()
             .filter(|(k, _)| is_head_tensor(checkpoint.arch, k))
@@ -90,6 +94,20 @@ impl RewardModel {
             .collect();
         let encoder_tensors: HashMap<String, Tensor> =
             checkpoint.tensors.into_iter().filter(|(k, _)| !is_head_tensor(checkpoint.arch, k)).collect();
+        // A reward head has one output; a router one per label. A checkpoint's own head says which it is.
+        let outputs = match (&opts.labels, head_tensors.get("classifier.weight")) {
+            (Some(labels), _) => labels.len(),
+            (None, Some(w)) => w.dims().first().copied().unwrap_or(1),
+            (None, None) => 1,
+        };
+        if head_tensors.get("classifier.weight").is_some_and(|w| w.dims().first() != Some(&outputs)) {
+            // A classifier over other labels (a reward head under a new router) starts anew.
+            head_tensors.retain(|k, _| !k.starts_with("classifier."));
+        }
+        let labels = match &opts.labels {
+            Some(labels) => labels.clone(),
+            None => checkpoint_labels(&checkpoint.config, outputs),
+        };
         let encoder_store = ParamStore::from_tensors(encoder_tensors, source.clone(), opts.train_encoder);
         let head_store = ParamStore::trainable(head_tensors, source, opts.seed);
         let vb = encoder_store.var_builder(DType::F32, &opts.device);
@@ -97,11 +115,11 @@ impl RewardModel {
         let prefix = checkpoint.arch.prefix();
         let (encoder, head, max_positions) = match (bert_config, deberta_config) {
             (Some(cfg), _) => {
-                let head = RewardHead::load_bert(head_vb, &cfg)?;
+                let head = RewardHead::load_bert(head_vb, &cfg, outputs)?;
                 (Encoder::Bert(Box::new(Bert::load(vb.pp(prefix), &cfg)?)), head, cfg.max_position_embeddings)
             }
             (_, Some(cfg)) => {
-                let head = RewardHead::load_deberta(head_vb, &cfg)?;
+                let head = RewardHead::load_deberta(head_vb, &cfg, outputs)?;
                 (Encoder::Deberta(Box::new(Deberta::load(vb.pp(prefix), &cfg)?)), head, cfg.max_position_embeddings)
             }
             (None, None) => bail!("no encoder config"),
@@ -117,6 +135,7 @@ impl RewardModel {
             device: opts.device.clone(),
             max_positions,
             adapters: BTreeMap::new(),
+            labels,
             new_head,
             allow_new_head: opts.new_head,
             source: checkpoint.dir.display().to_string(),
@@ -202,6 +221,28 @@ impl RewardModel {
                 picked.context("an empty batch")?
             }
         })
+    }
+
+    /// Tokenizes prompts alone (a router never sees the response), truncated and padded.
+    pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Batch> {
+        self.tokens.encode_prompts(prompts, &self.device)
+    }
+
+    /// Classifier logits `(batch, labels)` from the model's own head, for prompt-only batches.
+    pub fn logits(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+        let head = self.base_head()?;
+        let hidden = self.encoder.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, ctx)?;
+        Ok(head.logits(&hidden, ctx)?)
+    }
+
+    /// The most likely label of each prompt, in batches of `batch_size`, in evaluation mode.
+    pub fn classify(&self, prompts: &[&str], batch_size: usize) -> Result<Vec<usize>> {
+        let mut out = Vec::with_capacity(prompts.len());
+        for chunk in prompts.chunks(batch_size.max(1)) {
+            let logits = self.logits(&self.encode_prompts(chunk)?, &Ctx::eval())?;
+            out.extend(logits.argmax(1)?.to_vec1::<u32>()?.into_iter().map(|i| i as usize));
+        }
+        Ok(out)
     }
 
     /// Rewards for `(prompt, response)` pairs in batches of `batch_size`, in evaluation mode.
@@ -298,8 +339,8 @@ impl RewardModel {
         }
         let head_vb = vb.pp(PEFT_PREFIX);
         let head = match self.arch {
-            Arch::Bert => RewardHead::load_bert(head_vb, &serde_json::from_value(self.config.clone())?)?,
-            Arch::Deberta => RewardHead::load_deberta(head_vb, &serde_json::from_value(self.config.clone())?)?,
+            Arch::Bert => RewardHead::load_bert(head_vb, &serde_json::from_value(self.config.clone())?, 1)?,
+            Arch::Deberta => RewardHead::load_deberta(head_vb, &serde_json::from_value(self.config.clone())?, 1)?,
         };
         self.adapters.insert(name.to_string(), AdapterEntry { config: config.clone(), head, store });
         Ok(())
@@ -404,9 +445,16 @@ impl RewardModel {
             Arch::Deberta => "DebertaV2ForSequenceClassification",
         };
         config["architectures"] = serde_json::json!([class]);
-        config["num_labels"] = 1.into();
-        config["id2label"] = serde_json::json!({"0": "LABEL_0"});
-        config["label2id"] = serde_json::json!({"LABEL_0": 0});
+        config["num_labels"] = self.labels.len().into();
+        let id2label: serde_json::Map<String, serde_json::Value> =
+            self.labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone().into())).collect();
+        let label2id: serde_json::Map<String, serde_json::Value> =
+            self.labels.iter().enumerate().map(|(i, l)| (l.clone(), i.into())).collect();
+        config["id2label"] = id2label.into();
+        config["label2id"] = label2id.into();
+        if self.labels.len() > 1 {
+            config["problem_type"] = "single_label_classification".into();
+        }
         write_atomic(&dir.join("config.json"), &serde_json::to_vec_pretty(&config)?)?;
         save_safetensors(&self.state_dict()?, &dir.join("model.safetensors"))?;
         write_atomic(&dir.join("tokenizer.json"), self.tokens.tokenizer_json()?.as_bytes())?;
@@ -457,6 +505,19 @@ impl RewardModel {
     /// `…ForSequenceClassification`.
     pub fn parameter_count(&self) -> usize {
         self.encoder_parameter_count() + self.head_parameter_count()
+    }
+}
+
+/// `id2label` of a checkpoint's config when it names `outputs` labels, else `LABEL_i`.
+fn checkpoint_labels(config: &serde_json::Value, outputs: usize) -> Vec<String> {
+    let named: Option<Vec<String>> = config.get("id2label").and_then(|m| m.as_object()).and_then(|m| {
+        (0..outputs).map(|i| m.get(&i.to_string()).and_then(|v| v.as_str()).map(str::to_string)).collect()
+    });
+    match named {
+        Some(labels) if labels.len() == outputs && config["id2label"].as_object().map(|m| m.len()) == Some(outputs) => {
+            labels
+        }
+        _ => (0..outputs).map(|i| format!("LABEL_{i}")).collect(),
     }
 }
 

@@ -46,8 +46,12 @@ pub fn tables(runs: &[Results]) -> Tables {
     for r in runs {
         groups.entry((r.method.clone(), r.backbone.clone())).or_default().push(r);
     }
-    let domains: Vec<&str> =
+    // The paper's five first, in its order, then any other domain by name.
+    let mut domains: Vec<&str> =
         DOMAINS.iter().copied().filter(|d| runs.iter().any(|r| r.domains.contains_key(*d))).collect();
+    let others: std::collections::BTreeSet<&str> =
+        runs.iter().flat_map(|r| r.domains.keys().map(String::as_str)).filter(|d| !DOMAINS.contains(d)).collect();
+    domains.extend(others);
     let largest_baseline = runs
         .iter()
         .filter(|r| r.method == "baseline")
@@ -108,10 +112,69 @@ pub fn tables(runs: &[Results]) -> Tables {
         md.push_str(&format!("| {method} | {backbone} | {sm:.4} | {pm:.1} |\n"));
         csv6.push_str(&format!("{method},{backbone},{sm:.6},{ss:.6},{pm:.3}\n"));
     }
+    md.push_str(&routed_tables(runs));
     Tables {
         markdown: md,
         csv: vec![("table2.csv".into(), csv2), ("table3.csv".into(), csv3), ("table6.csv".into(), csv6)],
     }
+}
+
+/// The router's confusion matrix as Markdown (rows: true domain, columns: the router's choice).
+pub fn confusion_markdown(router: &crate::eval::RouterResults) -> String {
+    let mut md = format!(
+        "Router confusion (rows: true domain, columns: routed to; accuracy {:.4})\n\n| true \\ routed | {} |\n|---|{}\n",
+        router.accuracy,
+        router.labels.join(" | "),
+        "---:|".repeat(router.labels.len())
+    );
+    for (label, row) in router.labels.iter().zip(&router.confusion) {
+        let cells: Vec<String> = row.iter().map(|c| c.to_string()).collect();
+        md.push_str(&format!("| {label} | {} |\n", cells.join(" | ")));
+    }
+    md
+}
+
+/// Routed methods: accuracy with the router's choices and with the true domains, and each part's
+/// parameters and training time (the paper's Table 3 lists each domain model and the router).
+pub fn routed_tables(runs: &[Results]) -> String {
+    let routed: Vec<&Results> = runs.iter().filter(|r| r.oracle.is_some()).collect();
+    if routed.is_empty() {
+        return String::new();
+    }
+    let mut md =
+        String::from("\nRouted methods: accuracy with the router's choices and with the true domain (oracle)\n\n");
+    md.push_str("| Method | Backbone | Seed | Domain | Routed | Oracle | Router accuracy |\n|---|---|---:|---|---:|---:|---:|\n");
+    for r in &routed {
+        for (domain, result) in &r.domains {
+            let oracle = r.oracle.as_ref().and_then(|o| o.get(domain)).map(|x| x.accuracy).unwrap_or(f64::NAN);
+            let router = r.router.as_ref().and_then(|x| x.per_domain.get(domain)).copied().unwrap_or(f64::NAN);
+            md.push_str(&format!(
+                "| {} | {} | {} | {domain} | {:.4} | {oracle:.4} | {router:.4} |\n",
+                r.method, r.backbone, r.seed, result.accuracy
+            ));
+        }
+    }
+    md.push_str("\nParts: parameters and training time per epoch\n\n| Method | Backbone | Seed | Part | Parameters (M) | 1 epoch train time (s) |\n|---|---|---:|---|---:|---:|\n");
+    for r in &routed {
+        for part in &r.parts {
+            let (em, _) = mean_std(&part.epoch_seconds);
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {:.1} | {em:.0} |\n",
+                r.method,
+                r.backbone,
+                r.seed,
+                part.name,
+                part.total_parameters as f64 / 1e6
+            ));
+        }
+    }
+    for r in &routed {
+        if let Some(router) = &r.router {
+            md.push_str(&format!("\n{} ({}) seed {}: ", r.method, r.backbone, r.seed));
+            md.push_str(&confusion_markdown(router));
+        }
+    }
+    md
 }
 
 /// Writes the CSV files into `dir`.

@@ -8,6 +8,9 @@
 //! RUN_DIR/adapters/<name>/    LoRA adapters in PEFT layout, for the backbone (BaseLoRA: `default`)
 //! RUN_DIR/metrics.jsonl       one line per logging step
 //! RUN_DIR/checkpoint/         the last checkpoint, for --resume (gone once the run finishes)
+//! RUN_DIR/stages/<name>/      a run of several models (RODOS): each part trained as a stage, with its
+//!                             own checkpoint and metrics, a Hugging Face checkpoint and `stage.json`
+//!                             (its part and settings) once done; `rmroute.json` lists the parts
 //! RUN_DIR/results.json        written by `rmroute eval`
 //! ```
 //!
@@ -17,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
@@ -47,6 +50,74 @@ pub struct RunMeta {
     /// Adapters under `adapters/<name>/` (PEFT layout, for the backbone): name → what it is.
     #[serde(default)]
     pub adapters: BTreeMap<String, String>,
+    /// The parts of a run of several models (RODOS: a reward model per domain and the router).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Part>,
+}
+
+/// What a part of a run is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A reward model (one label).
+    Reward,
+    /// A classifier over the domains, reading prompts alone.
+    Router,
+}
+
+/// One trained model of a run, in its own directory (a stage of the run).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Part {
+    pub name: String,
+    pub role: Role,
+    /// The domain a reward model was trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// The part's directory, relative to the run (a Hugging Face checkpoint).
+    pub path: String,
+    pub train_examples: usize,
+    pub truncated: usize,
+    pub steps: usize,
+    /// Wall-clock seconds of each epoch.
+    pub epoch_seconds: Vec<f64>,
+    pub total_parameters: usize,
+    pub trainable_parameters: usize,
+}
+
+/// `stage.json`: a finished stage's part, and the settings it was trained with.
+#[derive(Serialize, Deserialize)]
+struct StageRecord {
+    part: Part,
+    config: TrainConfig,
+}
+
+impl Part {
+    /// A finished stage's part (its `stage.json`), if the stage finished; an error when it was
+    /// trained with other settings than `config` (a resumed run must not mix them).
+    pub fn read_done(stage_dir: &Path, config: &TrainConfig) -> Result<Option<Self>> {
+        let path = stage_dir.join("stage.json");
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let record: StageRecord =
+            crate::config::parse_json(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if record.config != *config {
+            bail!(
+                "{} was trained with other settings than this run's: resume with the same config and flags, \
+                 or start over with --force",
+                stage_dir.display()
+            );
+        }
+        Ok(Some(record.part))
+    }
+
+    /// Marks a stage directory (being staged) as finished with `config`.
+    pub fn write_done(&self, stage_dir: &Path, config: &TrainConfig) -> Result<()> {
+        let record = StageRecord { part: self.clone(), config: config.clone() };
+        write_atomic(&stage_dir.join("stage.json"), &serde_json::to_vec_pretty(&record)?)?;
+        Ok(())
+    }
 }
 
 impl RunMeta {
@@ -69,7 +140,8 @@ impl RunMeta {
 /// so a typo in the config never costs the old run.
 pub fn prepare_run_dir(dir: &Path, resume: bool, force: bool) -> Result<()> {
     let finished = dir.join("rmroute.json").is_file();
-    let checkpoint = dir.join("checkpoint/state.json").is_file()
+    let checkpoint = dir.join("stages").is_dir()
+        || dir.join("checkpoint/state.json").is_file()
         || StagedDir::moved_aside(&dir.join("checkpoint")).is_some_and(|d| d.join("state.json").is_file());
     if resume {
         anyhow::ensure!(!finished, "{} holds a finished run: nothing to resume", dir.display());

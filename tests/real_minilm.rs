@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use rmroute::config::TrainConfig;
+use rmroute::config::{Method, TrainConfig};
 use rmroute::data::prepare::{prepare, PrepareOptions};
 use rmroute::data::read_pairs;
 use rmroute::eval::accuracy_by_domain;
@@ -41,8 +41,7 @@ fn oasst_96(dir: &Path) {
 fn train_accuracy(cfg: &TrainConfig) -> f64 {
     let run = train_baseline(cfg, candle_core::Device::Cpu, &RunOptions { quiet: true, ..Default::default() }).unwrap();
     let scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
-    let (model, adapters) = (&scorer.model, &scorer.adapters);
-    let (by_domain, _) = accuracy_by_domain(model, adapters, &cfg.data, &["oasst".to_string()], None, 0).unwrap();
+    let (by_domain, _) = accuracy_by_domain(&scorer, &cfg.data, &["oasst".to_string()], None, 0).unwrap();
     by_domain["oasst"].accuracy
 }
 
@@ -79,7 +78,13 @@ fn minilm_lora_fits_96_real_oasst_pairs() {
         dropout: 0.1,
         target_modules: TargetModules::names(&["query", "key", "value", "dense"]),
     };
-    let cfg = TrainConfig { epochs: 5, lr: 5e-4, lora: Some(lora), ..config(data.path(), &out.path().join("lora")) };
+    let cfg = TrainConfig {
+        method: Method::Baselora,
+        epochs: 5,
+        lr: 5e-4,
+        lora: Some(lora),
+        ..config(data.path(), &out.path().join("lora"))
+    };
     let accuracy = train_accuracy(&cfg);
     eprintln!("MiniLM LoRA: train accuracy {accuracy:.4} after 5 epochs");
     assert!(accuracy >= 0.85, "train accuracy {accuracy} after 5 epochs");

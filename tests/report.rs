@@ -21,6 +21,10 @@ fn results(method: &str, backbone: &str, seed: u64, hh: f64, oasst: f64, params:
         seconds_per_step: 0.02 * seed as f64,
         pairs_per_second: 100.0,
         epoch_seconds: vec![10.0, 12.0],
+        oracle: None,
+        oracle_mean_accuracy: None,
+        router: None,
+        parts: vec![],
     }
 }
 

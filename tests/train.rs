@@ -7,7 +7,7 @@ use std::path::Path;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rmroute::config::TrainConfig;
+use rmroute::config::{Method, TrainConfig};
 use rmroute::encoding::Truncation;
 use rmroute::eval::{accuracy_by_domain, test_pairs};
 use rmroute::load::{load_scorer, ScoreOptions};
@@ -61,9 +61,8 @@ fn config(backbone: &Path, data: &Path, out: &Path) -> TrainConfig {
 
 fn test_accuracy(run: &Path, data: &Path) -> f64 {
     let scorer = load_scorer(run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
-    assert_eq!(scorer.adapters, Adapters::None, "a run scores with its top-level model");
-    let (by_domain, _) =
-        accuracy_by_domain(&scorer.model, &scorer.adapters, data, &["dahoas".to_string()], None, 0).unwrap();
+    assert_eq!(scorer.single().unwrap().1, &Adapters::None, "a run scores with its top-level model");
+    let (by_domain, _) = accuracy_by_domain(&scorer, data, &["dahoas".to_string()], None, 0).unwrap();
     by_domain["dahoas"].accuracy
 }
 
@@ -95,6 +94,7 @@ fn baselora_learns_the_marker_task_and_its_run_directory_is_the_merged_model() {
     write_marker_task(data.path(), 160, 100);
     let mut cfg = config(base.path(), data.path(), &out.path().join("run"));
     cfg.lr = 1e-2;
+    cfg.method = Method::Baselora;
     cfg.lora = Some(LoraConfig {
         rank: 8,
         alpha: 16.0,
@@ -113,9 +113,10 @@ fn baselora_learns_the_marker_task_and_its_run_directory_is_the_merged_model() {
     let merged = RewardModel::load(&run, &LoadOptions::default()).unwrap();
     let choice = ScoreOptions { adapter: Some("default".into()), ..Default::default() };
     let adapter = load_scorer(&run, &LoadOptions::default(), &choice).unwrap();
-    assert_eq!(adapter.adapters, Adapters::One("default".into()));
+    let (adapter_model, adapter_sel) = adapter.single().unwrap();
+    assert_eq!(adapter_sel, &Adapters::One("default".into()));
     let a = merged.score(&marker_pairs(), 4, &Adapters::None).unwrap();
-    let b = adapter.model.score(&marker_pairs(), 4, &adapter.adapters).unwrap();
+    let b = adapter_model.score(&marker_pairs(), 4, adapter_sel).unwrap();
     assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4), "{a:?} vs {b:?}");
     assert!(a[0] > a[1] && a[2] > a[3], "{a:?}");
     let saved = candle_core::safetensors::load(run.join("model.safetensors"), &candle_core::Device::Cpu).unwrap();
@@ -134,7 +135,7 @@ fn baselora_learns_the_marker_task_and_its_run_directory_is_the_merged_model() {
     let by_path =
         ScoreOptions { adapter: Some(run.join("adapters/default").display().to_string()), ..Default::default() };
     let scorer = load_scorer(&run, &LoadOptions::default(), &by_path).unwrap();
-    let c = scorer.model.score(&marker_pairs(), 4, &scorer.adapters).unwrap();
+    let c = scorer.score(&marker_pairs(), 4).unwrap().rewards;
     assert!(a.iter().zip(&c).all(|(x, y)| (x - y).abs() < 1e-4), "{a:?} vs {c:?}");
     let copy = out.path().join("copy");
     std::fs::create_dir_all(copy.join("adapters")).unwrap();
@@ -169,6 +170,7 @@ fn baselora_optimizer_holds_only_the_adapter_and_its_head() {
     common::write_tiny_deberta(base.path(), 1, &common::TinyDeberta { with_head: false, ..Default::default() });
     write_marker_task(data.path(), 32, 4);
     let mut cfg = config(base.path(), data.path(), &out.path().join("run"));
+    cfg.method = Method::Baselora;
     cfg.lora = Some(LoraConfig { rank: 2, alpha: 4.0, dropout: 0.0, target_modules: TargetModules::names(&["dense"]) });
     let stop = RunOptions { quiet: true, stop_after: Some(1), ..Default::default() };
     let err = train_baseline(&cfg, candle_core::Device::Cpu, &stop).unwrap_err();
@@ -234,11 +236,13 @@ fn the_truncation_used_in_training_is_recorded_and_used_for_scoring() {
     assert_eq!(meta.config.truncation, Truncation::KeepPromptEnd);
     assert!(meta.truncated_pairs > 0, "prompts of 4 words and responses of 6 overflow 12 tokens");
     let scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
-    assert_eq!((scorer.model.tokens.truncation, scorer.model.max_length()), (Truncation::KeepPromptEnd, 12));
+    let model = scorer.single().unwrap().0;
+    assert_eq!((model.tokens.truncation, model.max_length()), (Truncation::KeepPromptEnd, 12));
     let choice =
         ScoreOptions { truncation: Some(Truncation::LongestFirst), max_length: Some(16), ..Default::default() };
     let scorer = load_scorer(&run, &LoadOptions::default(), &choice).unwrap();
-    assert_eq!((scorer.model.tokens.truncation, scorer.model.max_length()), (Truncation::LongestFirst, 16));
+    let model = scorer.single().unwrap().0;
+    assert_eq!((model.tokens.truncation, model.max_length()), (Truncation::LongestFirst, 16));
 }
 
 #[test]

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use rmroute::data::io::write_atomic;
-use rmroute::eval::{accuracy_by_domain, seconds_per_step, test_pairs, Results};
+use rmroute::eval::{accuracy_by_domain, routed_results, seconds_per_step, test_pairs, Results};
 use rmroute::load::{load_scorer, ScoreOptions};
 use rmroute::model::LoadOptions;
 use rmroute::train::trainer::resolve_domains;
@@ -42,18 +42,18 @@ pub fn run(args: EvalArgs) -> Result<()> {
             args.model.display()
         );
     };
-    let (model, adapters) = (&scorer.model, &scorer.adapters);
     let domains = resolve_domains(&args.data, &meta.domains)?;
     let max_pairs = args.max_pairs.or(meta.config.max_eval_pairs);
     let seed = args.seed.unwrap_or(meta.seed);
-    let (by_domain, pairs_per_second) = accuracy_by_domain(model, adapters, &args.data, &domains, max_pairs, seed)?;
+    let (by_domain, pairs_per_second) = accuracy_by_domain(&scorer, &args.data, &domains, max_pairs, seed)?;
+    let routed = routed_results(&scorer, &args.data, &domains, max_pairs, seed)?;
     // Table 6's "one input from each dataset": the first test prompts and chosen responses of each domain.
     let mut samples = Vec::new();
     for d in &domains {
         samples.extend(test_pairs(&args.data, d, None, seed)?.into_iter().take(8));
     }
     let inputs: Vec<(&str, &str)> = samples.iter().map(|p| (p.prompt.as_str(), p.chosen.as_str())).collect();
-    let step = seconds_per_step(model, adapters, &inputs, 40)?;
+    let step = seconds_per_step(&scorer, &inputs, 40)?;
     let mean = by_domain.values().map(|r| r.accuracy).sum::<f64>() / by_domain.len().max(1) as f64;
     let results = Results {
         method: meta.method.clone(),
@@ -66,12 +66,35 @@ pub fn run(args: EvalArgs) -> Result<()> {
         seconds_per_step: step,
         pairs_per_second,
         epoch_seconds: meta.epoch_seconds.clone(),
+        oracle_mean_accuracy: routed
+            .as_ref()
+            .map(|r| r.oracle.values().map(|x| x.accuracy).sum::<f64>() / r.oracle.len().max(1) as f64),
+        oracle: routed.as_ref().map(|r| r.oracle.clone()),
+        router: routed.map(|r| r.router),
+        parts: meta.parts.clone(),
     };
-    println!("| domain | pairs | accuracy |\n|---|---:|---:|");
-    for (d, r) in &results.domains {
-        println!("| {d} | {} | {:.4} |", r.pairs, r.accuracy);
+    match (&results.oracle, &results.router) {
+        (Some(oracle), Some(router)) => {
+            println!(
+                "| domain | pairs | routed accuracy | oracle accuracy | router accuracy |\n|---|---:|---:|---:|---:|"
+            );
+            for (d, r) in &results.domains {
+                let o = oracle.get(d).map(|x| x.accuracy).unwrap_or(f64::NAN);
+                let a = router.per_domain.get(d).copied().unwrap_or(f64::NAN);
+                println!("| {d} | {} | {:.4} | {o:.4} | {a:.4} |", r.pairs, r.accuracy);
+            }
+            let om = results.oracle_mean_accuracy.unwrap_or(f64::NAN);
+            println!("| mean | | {mean:.4} | {om:.4} | {:.4} |", router.accuracy);
+            println!("\n{}", rmroute::report::confusion_markdown(router));
+        }
+        _ => {
+            println!("| domain | pairs | accuracy |\n|---|---:|---:|");
+            for (d, r) in &results.domains {
+                println!("| {d} | {} | {:.4} |", r.pairs, r.accuracy);
+            }
+            println!("| mean | | {mean:.4} |");
+        }
     }
-    println!("| mean | | {mean:.4} |");
     println!("{:.4} s per step (one input), {:.1} pairs/s at batch 32", step, pairs_per_second);
     let out = args.out.unwrap_or_else(|| args.model.join("results.json"));
     write_atomic(&out, &serde_json::to_vec_pretty(&results)?)?;

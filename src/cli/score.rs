@@ -95,7 +95,6 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         ScoreOptions { adapter: args.adapter.clone(), max_length: args.max_length, truncation: args.truncation };
     let scorer =
         load_scorer(&dir, &opts, &choice).with_context(|| format!("loading the model in {}", dir.display()))?;
-    let (model, adapters) = (&scorer.model, &scorer.adapters);
     let items = read_items(&args.input)?;
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(items.len() as u64) };
     bar.set_style(ProgressStyle::with_template(
@@ -113,14 +112,22 @@ pub fn run(args: ScoreArgs) -> Result<()> {
                 Item::Single { prompt, response, .. } => inputs.push((prompt, response)),
             }
         }
-        let rewards = model.score(&inputs, inputs.len(), adapters)?;
-        let mut next = rewards.iter();
+        let scored = scorer.score(&inputs, inputs.len())?;
+        let mut next = scored.rewards.iter();
+        let mut routed = scored.domains.iter().flatten();
         for item in chunk {
             let mut take = || next.next().copied().unwrap_or(f32::NAN);
-            lines.push(match item {
+            let mut line = match item {
                 Item::Pair { id, .. } => serde_json::json!({"id": id, "chosen": take(), "rejected": take()}),
                 Item::Single { id, .. } => serde_json::json!({"id": id, "reward": take()}),
-            });
+            };
+            if let Some(domain) = routed.next() {
+                line["domain"] = domain.clone().into();
+                if matches!(item, Item::Pair { .. }) {
+                    routed.next(); // the rejected response goes where its prompt went
+                }
+            }
+            lines.push(line);
         }
         bar.inc(chunk.len() as u64);
     }

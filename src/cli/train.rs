@@ -7,6 +7,7 @@ use clap::Args;
 
 use rmroute::config::TrainConfig;
 use rmroute::methods::baseline::train_baseline;
+use rmroute::methods::rodos::train_rodos;
 use rmroute::train::trainer::RunOptions;
 
 #[derive(Debug, Args)]
@@ -68,7 +69,7 @@ impl TrainArgs {
     }
 
     fn options(&self) -> RunOptions {
-        RunOptions { quiet: self.quiet, resume: self.resume, stop_after: None, force: self.force }
+        RunOptions { quiet: self.quiet, resume: self.resume, stop_after: None, force: self.force, stop_in_stage: None }
     }
 }
 
@@ -77,5 +78,24 @@ pub fn run_baseline(args: TrainArgs) -> Result<()> {
     let device = super::device(&cfg.device)?;
     let out = train_baseline(&cfg, device, &args.options())?;
     println!("trained {} → {}", cfg.method(), out.display());
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct RodosArgs {
+    #[command(flatten)]
+    pub common: TrainArgs,
+    /// Extend the finished RODOS run in the run directory by this domain (its data from the config's
+    /// `data` or --data): trains its reward model and retrains the router; the other reward models'
+    /// files are not touched.
+    #[arg(long)]
+    pub add_domain: Option<String>,
+}
+
+pub fn run_rodos(args: RodosArgs) -> Result<()> {
+    let cfg = args.common.config()?;
+    let device = super::device(&cfg.device)?;
+    let out = train_rodos(&cfg, device, &args.common.options(), args.add_domain.as_deref())?;
+    println!("trained rodos → {}", out.display());
     Ok(())
 }

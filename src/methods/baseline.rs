@@ -3,26 +3,80 @@
 //! LoRA adapter (on the attention projections and dense layers) with its head.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::backbone::resolve_model_dir;
-use crate::config::TrainConfig;
+use crate::config::{Method, TrainConfig};
 use crate::data::io::StagedDir;
+use crate::data::PairRecord;
 use crate::model::{LoadOptions, RewardModel};
 use crate::run::{backbone_name, prepare_run_dir, RunMeta};
-use crate::train::trainer::{load_train_pairs, train, RunOptions};
+use crate::train::trainer::{load_train_pairs, train, RunOptions, Trained};
 
 /// The adapter name BaseLoRA trains and saves under `adapters/`.
 pub const ADAPTER: &str = "default";
 
-/// Trains Baseline (or BaseLoRA when the config has a `lora` section) and writes the run directory.
+/// Trains Baseline (or BaseLoRA when the config's method is `baselora`) and writes the run directory.
 pub fn train_baseline(cfg: &TrainConfig, device: candle_core::Device, opts: &RunOptions) -> Result<PathBuf> {
-    let out = &cfg.out;
-    let backbone_dir = resolve_model_dir(&cfg.backbone)?;
+    cfg.validate()?;
+    if !matches!(cfg.method, Method::Baseline | Method::Baselora) {
+        bail!("the config trains method `{}`: run `rmroute {}`", cfg.method.name(), cfg.method.command());
+    }
     let (domains, pairs) = load_train_pairs(cfg)?;
-    let load = LoadOptions { device, train_encoder: cfg.lora.is_none(), seed: cfg.seed, new_head: true };
+    let check_out = |out: &Path| prepare_run_dir(out, opts.resume, opts.force);
+    train_reward_model(cfg, &pairs, &domains, device, &cfg.out, opts, &check_out, |staged, model| {
+        RunMeta {
+            method: cfg.method().into(),
+            domains: domains.clone(),
+            backbone: cfg.backbone.clone(),
+            backbone_name: backbone_name(&cfg.backbone),
+            seed: cfg.seed,
+            rmroute_version: env!("CARGO_PKG_VERSION").into(),
+            config: cfg.clone(),
+            train_pairs: model.trained.train_pairs,
+            truncated_pairs: model.trained.truncated,
+            steps: model.trained.steps,
+            epoch_seconds: model.trained.epoch_seconds.clone(),
+            total_parameters: model.total_parameters,
+            trainable_parameters: model.trainable_parameters,
+            model: model.description.clone(),
+            adapters: model.adapters.clone(),
+            parts: vec![],
+        }
+        .write(staged)
+    })?;
+    Ok(cfg.out.clone())
+}
+
+/// What [`train_reward_model`] trained and wrote.
+pub struct TrainedModel {
+    pub trained: Trained,
+    pub total_parameters: usize,
+    pub trainable_parameters: usize,
+    /// What the directory's Hugging Face checkpoint is.
+    pub description: String,
+    pub adapters: BTreeMap<String, String>,
+}
+
+/// Trains one reward model on `pairs` (full fine-tuning, or an adapter when the config has `lora`)
+/// into `out`: training keeps its checkpoint and metrics there; the finished model (a Hugging Face
+/// checkpoint, the adapter in PEFT layout, the metrics, and whatever `finish` writes) is staged whole
+/// and swapped in. `check_out` runs once the backbone and data are known to load.
+#[allow(clippy::too_many_arguments)]
+pub fn train_reward_model(
+    cfg: &TrainConfig,
+    pairs: &[PairRecord],
+    domains: &[String],
+    device: candle_core::Device,
+    out: &Path,
+    opts: &RunOptions,
+    check_out: &dyn Fn(&Path) -> Result<()>,
+    finish: impl FnOnce(&Path, &TrainedModel) -> Result<()>,
+) -> Result<TrainedModel> {
+    let backbone_dir = resolve_model_dir(&cfg.backbone)?;
+    let load = LoadOptions { device, train_encoder: cfg.lora.is_none(), seed: cfg.seed, new_head: true, labels: None };
     let mut model = RewardModel::load(&backbone_dir, &load)
         .with_context(|| format!("loading the backbone {}", backbone_dir.display()))?;
     model.set_limits(cfg.max_length, cfg.truncation);
@@ -41,7 +95,7 @@ pub fn train_baseline(cfg: &TrainConfig, device: candle_core::Device, opts: &Run
         }
         None => None,
     };
-    prepare_run_dir(out, opts.resume, opts.force)?;
+    check_out(out)?;
     let trainable: usize =
         model.trainable_vars(&adapter.into_iter().collect::<Vec<_>>()).iter().map(|(_, v)| v.elem_count()).sum();
     if !opts.quiet {
@@ -54,9 +108,9 @@ pub fn train_baseline(cfg: &TrainConfig, device: candle_core::Device, opts: &Run
             trainable
         );
     }
-    let trained = train(&model, adapter, &pairs, cfg, out, opts)?;
+    let trained = train(&model, adapter, pairs, cfg, out, opts)?;
 
-    // The finished run is written whole beside the training directory, then swapped in.
+    // The finished model is written whole beside the training directory, then swapped in.
     let staged = StagedDir::new(out)?;
     std::fs::copy(out.join("metrics.jsonl"), staged.path().join("metrics.jsonl"))?;
     let mut adapters = BTreeMap::new();
@@ -74,24 +128,9 @@ pub fn train_baseline(cfg: &TrainConfig, device: candle_core::Device, opts: &Run
         None => (model.parameter_count(), "the fine-tuned reward model (encoder and head)".to_string()),
     };
     model.write_pretrained(staged.path())?;
-    RunMeta {
-        method: cfg.method().into(),
-        domains,
-        backbone: cfg.backbone.clone(),
-        backbone_name: backbone_name(&cfg.backbone),
-        seed: cfg.seed,
-        rmroute_version: env!("CARGO_PKG_VERSION").into(),
-        config: cfg.clone(),
-        train_pairs: trained.train_pairs,
-        truncated_pairs: trained.truncated,
-        steps: trained.steps,
-        epoch_seconds: trained.epoch_seconds,
-        total_parameters: total,
-        trainable_parameters: trainable,
-        model: description,
-        adapters,
-    }
-    .write(staged.path())?;
+    let result =
+        TrainedModel { trained, total_parameters: total, trainable_parameters: trainable, description, adapters };
+    finish(staged.path(), &result)?;
     staged.commit()?;
-    Ok(out.clone())
+    Ok(result)
 }

@@ -1,3 +1,5 @@
 //! One file per method: how it trains, reading like the paper's section for it.
 
 pub mod baseline;
+pub mod rodos;
+pub mod router;

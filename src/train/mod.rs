@@ -1,5 +1,7 @@
-//! Training: the pairwise loss, AdamW with schedule and clipping, and the loop with checkpoints.
+//! Training: objectives and their losses, AdamW with schedule and clipping, and the one loop with
+//! checkpoints that every method uses.
 
 pub mod loss;
+pub mod objective;
 pub mod optim;
 pub mod trainer;

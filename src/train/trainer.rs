@@ -1,6 +1,6 @@
-//! The training loop shared by every method: pairwise loss on chosen and rejected in one forward,
-//! AdamW with linear warm-up and decay, gradient accumulation and clipping, seeded shuffling and
-//! dropout, progress bars, metrics, atomic checkpoints and `--resume`.
+//! The training loop shared by every method, driven by an objective (`objective.rs`): AdamW with linear
+//! warm-up and decay, gradient accumulation and clipping, seeded epoch order and dropout, progress bars,
+//! metrics, atomic checkpoints and `--resume`.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -20,8 +20,8 @@ use crate::data::io::{write_atomic, StagedDir};
 use crate::data::split::mix;
 use crate::data::{read_pairs, PairRecord};
 use crate::model::{save_safetensors, RewardModel};
-use crate::nn::{Adapters, Ctx};
-use crate::train::loss::{pairwise_correct, pairwise_loss};
+use crate::nn::Ctx;
+use crate::train::objective::{Objective, Pairwise};
 use crate::train::optim::{linear_schedule, AdamW, AdamWConfig};
 
 /// How a run is driven, besides its config.
@@ -34,6 +34,8 @@ pub struct RunOptions {
     pub stop_after: Option<usize>,
     /// Replace a finished run (or an unfinished one) in the run directory.
     pub force: bool,
+    /// With `stop_after`: the stage it applies to (a run of several stages), none = every run.
+    pub stop_in_stage: Option<String>,
 }
 
 /// The training pairs of the configured domains.
@@ -41,12 +43,7 @@ pub fn load_train_pairs(cfg: &TrainConfig) -> Result<(Vec<String>, Vec<PairRecor
     let domains = resolve_domains(&cfg.data, &cfg.domains)?;
     let mut pairs = Vec::new();
     for domain in &domains {
-        let mut records = read_pairs(&cfg.data.join(domain).join("train.jsonl"))?;
-        if let Some(cap) = cfg.max_pairs {
-            records.shuffle(&mut StdRng::seed_from_u64(mix(cfg.seed, 0x7061_6972)));
-            records.truncate(cap);
-        }
-        pairs.extend(records);
+        pairs.extend(load_domain_pairs(cfg, domain)?);
     }
     if pairs.is_empty() {
         bail!("no training pairs in {} for domains {}", cfg.data.display(), domains.join(", "));
@@ -54,7 +51,22 @@ pub fn load_train_pairs(cfg: &TrainConfig) -> Result<(Vec<String>, Vec<PairRecor
     Ok((domains, pairs))
 }
 
-/// The domains to use: those named, or every domain folder with a `train.jsonl` in `data`.
+/// One domain's training pairs, capped at `max_pairs` by a seeded shuffle; none is an error.
+pub fn load_domain_pairs(cfg: &TrainConfig, domain: &str) -> Result<Vec<PairRecord>> {
+    let path = cfg.data.join(domain).join("train.jsonl");
+    let mut records = read_pairs(&path)?;
+    if let Some(cap) = cfg.max_pairs {
+        records.shuffle(&mut StdRng::seed_from_u64(mix(cfg.seed, 0x7061_6972)));
+        records.truncate(cap);
+    }
+    if records.is_empty() {
+        bail!("{} has no pairs: nothing to train domain `{domain}` on", path.display());
+    }
+    Ok(records)
+}
+
+/// The domains to use: those named, or every folder of `data` with a `train.jsonl` (any name: a
+/// user's `code` or `math` is a domain like the five of the paper), sorted.
 pub fn resolve_domains(data: &Path, named: &[String]) -> Result<Vec<String>> {
     if !named.is_empty() {
         for d in named {
@@ -65,11 +77,14 @@ pub fn resolve_domains(data: &Path, named: &[String]) -> Result<Vec<String>> {
         }
         return Ok(named.to_vec());
     }
-    let found: Vec<String> = crate::data::DOMAINS
-        .iter()
-        .filter(|d| data.join(d).join("train.jsonl").is_file())
-        .map(|d| d.to_string())
+    let mut found: Vec<String> = std::fs::read_dir(data)
+        .with_context(|| format!("reading the prepared data folder {}", data.display()))?
+        .flatten()
+        .filter(|e| e.path().join("train.jsonl").is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|name| !name.starts_with('.'))
         .collect();
+    found.sort();
     if found.is_empty() {
         bail!(
             "no prepared domains in {} (run `rmroute prepare --input RAW --out {}` first)",
@@ -106,11 +121,22 @@ pub fn train(
     run_dir: &Path,
     opts: &RunOptions,
 ) -> Result<Trained> {
-    let adapters: Vec<&str> = adapter.into_iter().collect();
-    let vars = model.trainable_vars(&adapters);
+    train_objective(&Pairwise { model, adapter, pairs }, cfg, run_dir, opts)
+}
+
+/// The loop every method shares: seeded epochs of `objective`'s examples, gradient accumulation,
+/// AdamW with warm-up and decay, clipping, progress, `metrics.jsonl`, checkpoints and `--resume`.
+pub fn train_objective(
+    objective: &dyn Objective,
+    cfg: &TrainConfig,
+    run_dir: &Path,
+    opts: &RunOptions,
+) -> Result<Trained> {
+    let vars = objective.vars();
     if vars.is_empty() {
         bail!("nothing to train: no trainable parameters");
     }
+    let device = vars[0].1.device().clone();
     let mut optimizer = AdamW::new(
         vars,
         AdamWConfig {
@@ -121,7 +147,11 @@ pub fn train(
             max_grad_norm: cfg.max_grad_norm,
         },
     )?;
-    let steps_per_epoch = pairs.len().div_ceil(cfg.batch_size);
+    let examples = objective.examples();
+    if examples == 0 {
+        bail!("nothing to train on: no examples");
+    }
+    let steps_per_epoch = examples.div_ceil(cfg.batch_size);
     let total_steps = steps_per_epoch * cfg.epochs;
     let warmup = (cfg.warmup_ratio * total_steps as f64).round() as usize;
     let checkpoint_dir = run_dir.join("checkpoint");
@@ -129,7 +159,7 @@ pub fn train(
     let mut state =
         CheckpointState { step: 0, epoch_seconds: vec![0.0; cfg.epochs], truncated: 0, config: cfg.clone() };
     if opts.resume {
-        state = load_checkpoint(&checkpoint_dir, &mut optimizer, cfg, &model.device)?;
+        state = load_checkpoint(&checkpoint_dir, &mut optimizer, cfg, &device)?;
         keep_metrics_up_to(&metrics_path, state.step)?;
         if !opts.quiet {
             eprintln!("resuming {} at step {} of {total_steps}", run_dir.display(), state.step);
@@ -144,7 +174,6 @@ pub fn train(
         std::fs::write(&metrics_path, b"")?;
     }
     let mut metrics = std::fs::OpenOptions::new().append(true).create(true).open(&metrics_path)?;
-    let adapter_sel = adapter.map(|a| Adapters::One(a.to_string())).unwrap_or_default();
     let micro = cfg.batch_size / cfg.grad_accum;
     let mut recent_losses: Vec<f64> = Vec::new();
     let mut first_losses: Option<f64> = None;
@@ -155,8 +184,7 @@ pub fn train(
         if state.step >= first_step + steps_per_epoch {
             continue;
         }
-        let mut order: Vec<usize> = (0..pairs.len()).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(mix(cfg.seed, epoch as u64)));
+        let order = objective.epoch_order(mix(cfg.seed, epoch as u64));
         let bar = if opts.quiet { ProgressBar::hidden() } else { ProgressBar::new(steps_per_epoch as u64) };
         bar.set_style(ProgressStyle::with_template(
             "epoch {prefix} {bar:25} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
@@ -176,24 +204,13 @@ pub fn train(
             let mut grads = optimizer.empty_grads();
             let mut step_loss = 0f64;
             for (m, chunk) in batch.chunks(micro).enumerate() {
-                let chunk: Vec<&PairRecord> = chunk.iter().map(|&j| &pairs[j]).collect();
-                let inputs: Vec<(&str, &str)> = chunk
-                    .iter()
-                    .map(|p| (p.prompt.as_str(), p.chosen.as_str()))
-                    .chain(chunk.iter().map(|p| (p.prompt.as_str(), p.rejected.as_str())))
-                    .collect();
-                let encoded = model.encode(&inputs)?;
-                state.truncated += encoded.truncated;
-                let ctx = Ctx::train(mix(cfg.seed, ((step * cfg.grad_accum + m) as u64) << 8 | 1))
-                    .with_adapters(adapter_sel.clone());
-                let rewards = model.forward(&encoded, &ctx)?;
-                let n = chunk.len();
-                let (chosen, rejected) = (rewards.narrow(0, 0, n)?, rewards.narrow(0, n, n)?);
-                let loss = pairwise_loss(&chosen, &rejected)?;
-                let scaled = (&loss * (n as f64 / batch.len() as f64))?;
-                optimizer.accumulate(&scaled.backward()?, &mut grads)?;
-                step_loss += loss.to_scalar::<f32>()? as f64 * n as f64 / batch.len() as f64;
-                correct += pairwise_correct(&chosen.to_vec1::<f32>()?, &rejected.to_vec1::<f32>()?);
+                let ctx = Ctx::train(mix(cfg.seed, ((step * cfg.grad_accum + m) as u64) << 8 | 1));
+                let out = objective.micro_batch(chunk, ctx)?;
+                state.truncated += out.truncated;
+                let share = chunk.len() as f64 / batch.len() as f64;
+                optimizer.accumulate(&(&out.loss * share)?.backward()?, &mut grads)?;
+                step_loss += out.loss.to_scalar::<f32>()? as f64 * share;
+                correct += out.correct;
             }
             optimizer.step(&grads, lr)?;
             seen += batch.len();
@@ -270,7 +287,7 @@ pub fn train(
         steps: state.step,
         epoch_seconds: state.epoch_seconds,
         truncated: state.truncated,
-        train_pairs: pairs.len(),
+        train_pairs: examples,
     })
 }
 

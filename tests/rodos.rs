@@ -1,0 +1,297 @@
+//! RODOS on a task whose answer is known: three domains whose prompts are easy to tell apart (each
+//! draws its words from its own range) and whose reward is a marker (chosen has `w5`, rejected `w6`).
+//! The router must learn the domains, routing must cost nothing there, a new domain must leave the
+//! old reward models untouched, and a killed run must resume to the same files.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rmroute::config::{Method, RodosConfig, RouterConfig, TrainConfig};
+use rmroute::eval::routed_results;
+use rmroute::load::{load_scorer, Kind, ScoreOptions};
+use rmroute::methods::rodos::train_rodos;
+use rmroute::model::LoadOptions;
+use rmroute::train::objective::Balance;
+use rmroute::train::trainer::{RunOptions, StoppedEarly};
+
+/// Domain `name` with prompts from words `w{lo}..w{lo+12}`; the chosen response holds `good` where the
+/// rejected one holds `bad`. Domains with opposite markers make a misrouted pair scored wrong.
+#[allow(clippy::too_many_arguments)]
+fn write_domain(data: &Path, name: &str, lo: usize, (good, bad): (&str, &str), train: usize, test: usize, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut write = |split: &str, n: usize| {
+        let mut text = String::new();
+        for i in 0..n {
+            let prompt: Vec<String> = (0..4).map(|_| format!("w{}", rng.random_range(lo..lo + 12))).collect();
+            let body: Vec<String> = (0..4).map(|_| format!("w{}", rng.random_range(47..common::VOCAB))).collect();
+            let at = i % 4;
+            let (mut chosen, mut rejected) = (body.clone(), body);
+            chosen.insert(at, good.into());
+            rejected.insert(at, bad.into());
+            let record = serde_json::json!({"id": format!("{name}/{split}/{i}"), "domain": name, "prompt": prompt.join(" "),
+                "chosen": chosen.join(" "), "rejected": rejected.join(" ")});
+            text.push_str(&format!("{record}\n"));
+        }
+        std::fs::create_dir_all(data.join(name)).unwrap();
+        std::fs::write(data.join(name).join(format!("{split}.jsonl")), text).unwrap();
+    };
+    write("train", train);
+    write("test", test);
+}
+
+/// Three domains with names that are none of the paper's five.
+fn write_three_domains(data: &Path) {
+    write_domain(data, "alpha", 8, ("w5", "w6"), 64, 40, 1);
+    write_domain(data, "beta", 21, ("w6", "w5"), 64, 40, 2);
+    write_domain(data, "gamma", 34, ("w7", "w4"), 48, 40, 3);
+}
+
+fn config(backbone: &Path, data: &Path, out: &Path) -> TrainConfig {
+    TrainConfig {
+        method: Method::Rodos,
+        backbone: backbone.display().to_string(),
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        seed: 5,
+        epochs: 5,
+        batch_size: 16,
+        lr: 2e-3,
+        warmup_ratio: 0.1,
+        max_length: 32,
+        log_every: 1,
+        rodos: Some(RodosConfig {
+            router: RouterConfig { epochs: Some(12), lr: Some(2e-3), batch_size: None, balance: Balance::ClassWeights },
+        }),
+        ..TrainConfig::default()
+    }
+}
+
+fn quiet() -> RunOptions {
+    RunOptions { quiet: true, ..Default::default() }
+}
+
+/// Every file under `dir`, by relative path, with its bytes.
+fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.insert(path.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// The weights of a run's parts (metrics and stage records hold timings, which differ run to run).
+fn weights(run: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    files(&run.join("stages")).into_iter().filter(|(p, _)| p.ends_with("model.safetensors")).collect()
+}
+
+#[test]
+fn the_router_learns_the_domains_and_routing_costs_nothing() {
+    let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    common::write_tiny_bert(base.path(), 1, true, false);
+    write_three_domains(data.path());
+    let run = train_rodos(
+        &config(base.path(), data.path(), &out.path().join("run")),
+        candle_core::Device::Cpu,
+        &quiet(),
+        None,
+    )
+    .unwrap();
+    let meta = rmroute::run::RunMeta::read(&run).unwrap();
+    assert_eq!(meta.domains, ["alpha", "beta", "gamma"]);
+    assert_eq!(meta.parts.len(), 4);
+    assert_eq!(meta.total_parameters, meta.parts.iter().map(|p| p.total_parameters).sum::<usize>());
+
+    let scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
+    assert!(matches!(scorer.kind, Kind::Routed(_)));
+    let results = routed_results(&scorer, data.path(), &meta.domains, None, 0).unwrap().unwrap();
+    assert!(results.router.accuracy >= 0.95, "router accuracy {}", results.router.accuracy);
+    for domain in &meta.domains {
+        let (routed, oracle) = (results.routed[domain].accuracy, results.oracle[domain].accuracy);
+        assert_eq!(routed, oracle, "{domain}: routed {routed} vs oracle {oracle}");
+        assert!(oracle >= 0.9, "{domain}: the domain's reward model learned the marker ({oracle})");
+    }
+    let total: usize = results.router.confusion.iter().flatten().sum();
+    assert_eq!(total, 120);
+    // Routing matters here: beta's pairs scored by alpha's model (opposite marker) come out wrong.
+    let beta = rmroute::eval::test_pairs(data.path(), "beta", None, 0).unwrap();
+    let inputs: Vec<(&str, &str)> = beta.iter().map(|p| (p.prompt.as_str(), p.chosen.as_str())).collect();
+    let rejected: Vec<(&str, &str)> = beta.iter().map(|p| (p.prompt.as_str(), p.rejected.as_str())).collect();
+    let (c, r) = (scorer.score_as(&inputs, "alpha", 8).unwrap(), scorer.score_as(&rejected, "alpha", 8).unwrap());
+    let right = c.iter().zip(&r).filter(|(c, r)| c > r).count();
+    assert!(right * 5 < beta.len(), "alpha's model on beta: {right} of {} right", beta.len());
+
+    // The router is a transformers classifier over the domains.
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("stages/router/config.json")).unwrap()).unwrap();
+    assert_eq!(config["num_labels"], 3);
+    assert_eq!(config["id2label"], serde_json::json!({"0": "alpha", "1": "beta", "2": "gamma"}));
+    assert_eq!(config["architectures"][0], "BertForSequenceClassification");
+    let tensors =
+        candle_core::safetensors::load(run.join("stages/router/model.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(tensors["classifier.weight"].dims(), [3, 32]);
+
+    // A manifest naming a missing part is an error that names it.
+    std::fs::rename(run.join("stages/rm-beta"), out.path().join("elsewhere")).unwrap();
+    let err = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).err().unwrap().to_string();
+    assert!(err.contains("rm-beta") && err.contains("missing"), "{err}");
+}
+
+#[test]
+fn adding_a_domain_trains_only_its_model_and_the_router() {
+    let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    common::write_tiny_bert(base.path(), 1, true, false);
+    write_three_domains(data.path());
+    let mut cfg = config(base.path(), data.path(), &out.path().join("run"));
+    cfg.domains = vec!["alpha".into(), "beta".into()];
+    let run = train_rodos(&cfg, candle_core::Device::Cpu, &quiet(), None).unwrap();
+    let before: BTreeMap<PathBuf, Vec<u8>> =
+        files(&run.join("stages")).into_iter().filter(|(p, _)| !p.starts_with("router")).collect();
+    assert!(before.len() >= 8, "{:?}", before.keys().collect::<Vec<_>>());
+
+    let again = train_rodos(&cfg, candle_core::Device::Cpu, &quiet(), Some("alpha")).unwrap_err().to_string();
+    assert!(again.contains("already has domain `alpha`"), "{again}");
+    let mut other = cfg.clone();
+    other.epochs = 9;
+    let err = train_rodos(&other, candle_core::Device::Cpu, &quiet(), Some("gamma")).unwrap_err().to_string();
+    assert!(err.contains("`epochs`") && err.contains("run's own settings"), "{err}");
+
+    // Killed while the new router trains: the old run still loads and routes between its two domains.
+    let stop =
+        RunOptions { quiet: true, stop_after: Some(2), stop_in_stage: Some("router-3".into()), ..Default::default() };
+    let err = train_rodos(&cfg, candle_core::Device::Cpu, &stop, Some("gamma")).unwrap_err();
+    assert!(err.downcast_ref::<StoppedEarly>().is_some(), "{err}");
+    let scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
+    assert_eq!(scorer.score(&[("w9 w10 w11 w12", "w5 w50")], 1).unwrap().domains.unwrap(), ["alpha"]);
+
+    let resume = RunOptions { quiet: true, resume: true, ..Default::default() };
+    train_rodos(&cfg, candle_core::Device::Cpu, &resume, Some("gamma")).unwrap();
+    assert!(!run.join("stages/router").exists(), "the old router goes once the new one is in place");
+    let after = files(&run.join("stages"));
+    for (path, bytes) in &before {
+        assert!(after.get(path) == Some(bytes), "{} changed", path.display());
+    }
+    let meta = rmroute::run::RunMeta::read(&run).unwrap();
+    assert_eq!(meta.domains, ["alpha", "beta", "gamma"]);
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("stages/router-3/config.json")).unwrap()).unwrap();
+    assert_eq!(config["num_labels"], 3);
+    let scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
+    let scored = scorer.score(&[("w35 w36 w40 w41", "w5 w50")], 1).unwrap();
+    assert_eq!(scored.domains.unwrap(), ["gamma"]);
+}
+
+#[test]
+fn a_run_killed_in_the_second_domain_resumes_to_the_same_files() {
+    let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    common::write_tiny_bert(base.path(), 1, true, false);
+    write_three_domains(data.path());
+    let mut cfg = config(base.path(), data.path(), &out.path().join("whole"));
+    cfg.epochs = 2;
+    let whole = train_rodos(&cfg, candle_core::Device::Cpu, &quiet(), None).unwrap();
+
+    cfg.out = out.path().join("killed");
+    let stop =
+        RunOptions { quiet: true, stop_after: Some(3), stop_in_stage: Some("rm-beta".into()), ..Default::default() };
+    let err = train_rodos(&cfg, candle_core::Device::Cpu, &stop, None).unwrap_err();
+    assert!(err.downcast_ref::<StoppedEarly>().is_some(), "{err}");
+    assert!(cfg.out.join("stages/rm-alpha/stage.json").is_file(), "the first domain finished");
+    assert!(cfg.out.join("stages/rm-beta/checkpoint/state.json").is_file());
+    let refused = train_rodos(&cfg, candle_core::Device::Cpu, &quiet(), None).unwrap_err().to_string();
+    assert!(refused.contains("--resume"), "{refused}");
+    let mut changed = cfg.clone();
+    changed.max_pairs = Some(10);
+    let resume = RunOptions { quiet: true, resume: true, ..Default::default() };
+    let err = train_rodos(&changed, candle_core::Device::Cpu, &resume, None).unwrap_err().to_string();
+    assert!(err.contains("rm-alpha") && err.contains("other settings"), "a finished stage of other settings: {err}");
+    let resumed = train_rodos(&cfg, candle_core::Device::Cpu, &resume, None).unwrap();
+
+    let (a, b) = (weights(&whole), weights(&resumed));
+    assert_eq!(a.len(), 4);
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (path, bytes) in &a {
+        assert!(&b[path] == bytes, "{} differs after resume", path.display());
+    }
+    let lines = |run: &Path| std::fs::read_to_string(run.join("stages/rm-beta/metrics.jsonl")).unwrap().lines().count();
+    assert_eq!(lines(&whole), lines(&resumed));
+}
+
+#[test]
+fn train_rodos_eval_and_report_from_the_command_line() {
+    let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    common::write_tiny_bert(base.path(), 1, true, false);
+    write_domain(data.path(), "code", 8, ("w5", "w6"), 32, 16, 1);
+    write_domain(data.path(), "math", 21, ("w6", "w5"), 32, 16, 2);
+    let run = out.path().join("run");
+    let mut cfg = serde_json::to_value(config(base.path(), data.path(), &run)).unwrap();
+    cfg["epochs"] = 2.into();
+    let cfg_path = out.path().join("rodos.json");
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let rmroute =
+        |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_rmroute")).args(args).output().unwrap();
+    let ok = |o: std::process::Output| {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    ok(rmroute(&["train-rodos", "--config", cfg_path.to_str().unwrap(), "--quiet"]));
+    let eval = ok(rmroute(&["eval", "--model", run.to_str().unwrap(), "--data", data.path().to_str().unwrap()]));
+    assert!(eval.contains("routed accuracy") && eval.contains("Router confusion"), "{eval}");
+    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["method"], "rodos");
+    assert_eq!(results["router"]["labels"], serde_json::json!(["code", "math"]));
+    assert!(results["oracle"]["code"]["accuracy"].is_number());
+    let report = ok(rmroute(&["report", run.to_str().unwrap(), "--out", out.path().to_str().unwrap()]));
+    assert!(report.contains("| rodos |") && report.contains("rm-code") && report.contains("Oracle"), "{report}");
+
+    // The wrong subcommand for the config's method says which one to run.
+    let wrong = rmroute(&["train-baseline", "--config", cfg_path.to_str().unwrap(), "--quiet"]);
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success() && err.contains("rmroute train-rodos"), "{err}");
+    // A config that names no method is refused, naming the key.
+    cfg.as_object_mut().unwrap().remove("method");
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let missing = rmroute(&["train-rodos", "--config", cfg_path.to_str().unwrap(), "--quiet"]);
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success() && err.contains("`method` is missing"), "{err}");
+}
+
+#[test]
+fn class_weights_balance_the_domains_and_sampling_draws_them_evenly() {
+    use rmroute::model::RewardModel;
+    use rmroute::train::objective::{DomainClassification, Objective};
+    let base = tempfile::tempdir().unwrap();
+    common::write_tiny_bert(base.path(), 1, true, false);
+    let labels3 = Some(vec!["a".to_string(), "b".to_string(), "c".to_string()]);
+    let opts = LoadOptions { new_head: true, labels: labels3, ..Default::default() };
+    let model = RewardModel::load(base.path(), &opts).unwrap();
+    // 6 : 3 : 1 examples
+    let labels: Vec<usize> = [vec![0; 6], vec![1; 3], vec![2; 1]].concat();
+    let prompts: Vec<String> = (0..labels.len()).map(|i| format!("w{}", 8 + i)).collect();
+    let weighted = DomainClassification::new(&model, &prompts, &labels, Balance::ClassWeights);
+    let want = [10.0 / 18.0, 10.0 / 9.0, 10.0 / 3.0];
+    for (got, want) in weighted.class_weights.iter().zip(want) {
+        assert!((got - want as f32).abs() < 1e-6, "{:?}", weighted.class_weights);
+    }
+    let plain = DomainClassification::new(&model, &prompts, &labels, Balance::None);
+    assert_eq!(plain.class_weights, [1.0, 1.0, 1.0]);
+    let sampled = DomainClassification::new(&model, &prompts, &labels, Balance::Sampling);
+    let mut counts = [0usize; 3];
+    for seed in 0..300 {
+        for i in sampled.epoch_order(seed) {
+            counts[labels[i]] += 1;
+        }
+    }
+    // 3,000 draws, a third of them per domain, where the data holds 60% / 30% / 10%.
+    assert!(counts.iter().all(|&c| (850..1150).contains(&c)), "{counts:?}");
+}
