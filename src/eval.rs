@@ -65,6 +65,8 @@ pub struct RoutedResults {
     pub routed: BTreeMap<String, DomainResult>,
     pub oracle: BTreeMap<String, DomainResult>,
     pub router: RouterResults,
+    /// Pairs per second of routed scoring (routing included), 32 pairs at a time.
+    pub pairs_per_second: f64,
 }
 
 /// The test pairs of `domain`: all of them, or `max_pairs` drawn with `seed` (kept in file order).
@@ -138,6 +140,7 @@ pub fn routed_results(
     let Kind::Routed(routed) = &scorer.kind else { return Ok(None) };
     let labels = routed.domains.clone();
     let mut confusion = vec![vec![0usize; labels.len()]; labels.len()];
+    let (mut pairs_done, mut seconds) = (0usize, 0f64);
     let (mut routed_acc, mut oracle_acc, mut per_domain) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     for domain in domains {
         let truth = labels.iter().position(|l| l == domain).with_context(|| {
@@ -145,6 +148,7 @@ pub fn routed_results(
         })?;
         let records = test_pairs(data, domain, max_pairs, seed)?;
         let prompts: Vec<&str> = records.iter().map(|p| p.prompt.as_str()).collect();
+        let start = Instant::now();
         let picked = routed.route(&prompts, 32)?;
         for &p in &picked {
             confusion[truth][p] += 1;
@@ -159,6 +163,8 @@ pub fn routed_results(
             let both: Vec<String> = chosen.iter().chain(&chosen).cloned().collect();
             routed.score_in(inputs, &both, inputs.len())
         })?;
+        seconds += start.elapsed().as_secs_f64();
+        pairs_done += records.len();
         routed_acc.insert(
             domain.clone(),
             DomainResult { pairs: records.len(), accuracy: correct as f64 / records.len() as f64 },
@@ -172,7 +178,8 @@ pub fn routed_results(
     let total: usize = confusion.iter().flatten().sum();
     let hits: usize = (0..labels.len()).map(|i| confusion[i][i]).sum();
     let router = RouterResults { labels, accuracy: hits as f64 / total.max(1) as f64, per_domain, confusion };
-    Ok(Some(RoutedResults { routed: routed_acc, oracle: oracle_acc, router }))
+    let pairs_per_second = pairs_done as f64 / seconds.max(1e-9);
+    Ok(Some(RoutedResults { routed: routed_acc, oracle: oracle_acc, router, pairs_per_second }))
 }
 
 /// Mean seconds to score one `(prompt, response)` alone (routing included), over up to `n` inputs

@@ -7,7 +7,6 @@ use std::path::Path;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-use crate::data::DOMAINS;
 use crate::eval::Results;
 use crate::report::mean_std;
 
@@ -30,8 +29,7 @@ pub fn accuracy_figure(runs: &[Results], path: &Path) -> Result<()> {
     for r in runs {
         groups.entry(format!("{} ({})", r.method, r.backbone)).or_default().push(r);
     }
-    let domains: Vec<&str> =
-        DOMAINS.iter().copied().filter(|d| runs.iter().any(|r| r.domains.contains_key(*d))).collect();
+    let domains: Vec<&str> = crate::report::domain_columns(runs);
     let root = SVGBackend::new(path, (900, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(&root)

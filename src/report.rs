@@ -34,6 +34,16 @@ pub fn read_results(paths: &[PathBuf]) -> Result<Vec<Results>> {
         .collect()
 }
 
+/// The domains of `runs` as table columns: the paper's five first, in its order, then any other by name.
+pub fn domain_columns(runs: &[Results]) -> Vec<&str> {
+    let mut domains: Vec<&str> =
+        DOMAINS.iter().copied().filter(|d| runs.iter().any(|r| r.domains.contains_key(*d))).collect();
+    let others: std::collections::BTreeSet<&str> =
+        runs.iter().flat_map(|r| r.domains.keys().map(String::as_str)).filter(|d| !DOMAINS.contains(d)).collect();
+    domains.extend(others);
+    domains
+}
+
 pub struct Tables {
     pub markdown: String,
     /// `(file name, CSV text)`.
@@ -46,12 +56,7 @@ pub fn tables(runs: &[Results]) -> Tables {
     for r in runs {
         groups.entry((r.method.clone(), r.backbone.clone())).or_default().push(r);
     }
-    // The paper's five first, in its order, then any other domain by name.
-    let mut domains: Vec<&str> =
-        DOMAINS.iter().copied().filter(|d| runs.iter().any(|r| r.domains.contains_key(*d))).collect();
-    let others: std::collections::BTreeSet<&str> =
-        runs.iter().flat_map(|r| r.domains.keys().map(String::as_str)).filter(|d| !DOMAINS.contains(d)).collect();
-    domains.extend(others);
+    let domains = domain_columns(runs);
     let largest_baseline = runs
         .iter()
         .filter(|r| r.method == "baseline")

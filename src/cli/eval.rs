@@ -45,8 +45,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let domains = resolve_domains(&args.data, &meta.domains)?;
     let max_pairs = args.max_pairs.or(meta.config.max_eval_pairs);
     let seed = args.seed.unwrap_or(meta.seed);
-    let (by_domain, pairs_per_second) = accuracy_by_domain(&scorer, &args.data, &domains, max_pairs, seed)?;
+    // A routed run is scored once with the router's choices and once with the true domains.
     let routed = routed_results(&scorer, &args.data, &domains, max_pairs, seed)?;
+    let (by_domain, pairs_per_second) = match &routed {
+        Some(r) => (r.routed.clone(), r.pairs_per_second),
+        None => accuracy_by_domain(&scorer, &args.data, &domains, max_pairs, seed)?,
+    };
     // Table 6's "one input from each dataset": the first test prompts and chosen responses of each domain.
     let mut samples = Vec::new();
     for d in &domains {
