@@ -469,7 +469,45 @@ def main():
         compare_with_rmroute(checks, rm, "py-full", "AutoModel(py-full)", py_full, items_file, work,
                              full_dir, max_length=MAX_LENGTH, rm_label="DIR")
 
+    if rm is not None:
+        rodos_round_trip(checks, rm, args.prepared, work, backbone, items, items_file)
+
     sys.exit(0 if checks.report() else 1)
+
+
+def rodos_round_trip(checks, rm, prepared, work, backbone, items, items_file):
+    """A tiny RODOS run: transformers loads its router (num_labels = domains, id2label naming them) and
+    routes every prompt where `rmroute score` does; each domain's reward model gives rmroute's reward."""
+    print("\n== RODOS: router and domain models in transformers")
+    cfg = {"method": "rodos", "backbone": backbone, "domains": ["hellaswag", "oasst"], "epochs": 1, "batch_size": 8,
+           "lr": 5e-5, "max_length": MAX_LENGTH, "max_pairs": 24, "truncation": "longest_first",
+           "rodos": {"router": {"epochs": 2, "lr": 1e-4}}}
+    cfg_path, run = work / "rodos.json", work / "runs" / "rodos"
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    if not rm.run("rmroute train-rodos", ["train-rodos", "--config", cfg_path, "--data", prepared, "--out", run, "--quiet"]):
+        return
+    out = work / "rodos-scores.jsonl"
+    if not rm.run("rmroute score (rodos)", ["score", "--model", run, "--input", items_file, "--out", out, "--quiet"]):
+        return
+    scored = {str(r["id"]): r for r in read_jsonl(out)}
+    router = AutoModelForSequenceClassification.from_pretrained(str(run / "stages" / "router")).eval()
+    labels = [router.config.id2label[i] for i in range(router.config.num_labels)]
+    checks.fact("rodos: router config names the domains", labels == cfg["domains"], f"id2label {labels}")
+    tok = AutoTokenizer.from_pretrained(str(run / "stages" / "router"))
+    models = {d: AutoModelForSequenceClassification.from_pretrained(str(run / "stages" / f"rm-{d}")).eval() for d in labels}
+    same_route, deltas = 0, []
+    with torch.no_grad():
+        for it in items:
+            enc = tok(it["prompt"], truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+            domain = labels[int(router(**enc).logits[0].argmax())]
+            got = scored[str(it["id"])]
+            same_route += domain == got.get("domain")
+            pair = tok(it["prompt"], it["response"], truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+            deltas.append(abs(float(models[got["domain"]](**pair).logits[0, 0]) - float(got["reward"])))
+    checks.fact("rodos: transformers' router picks rmroute's domain for every prompt", same_route == len(items),
+                f"{same_route} of {len(items)}")
+    checks.fact("rodos: the routed domain's model in transformers gives rmroute's reward", max(deltas) <= checks.tol,
+                f"max |Δ| {max(deltas):.2e}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::encoding::Truncation;
 use crate::lora::{LoraConfig, TargetModules};
+use crate::moe::MoreConfig;
 use crate::train::objective::Balance;
 
 /// The methods of the papers that rmroute trains; each `train-*` subcommand trains one.
@@ -21,6 +22,8 @@ pub enum Method {
     Baselora,
     /// A reward model per domain and an external router over prompts.
     Rodos,
+    /// One reward model whose head is a sparse mixture of reward experts.
+    More,
 }
 
 impl Method {
@@ -29,6 +32,7 @@ impl Method {
             Method::Baseline => "baseline",
             Method::Baselora => "baselora",
             Method::Rodos => "rodos",
+            Method::More => "more",
         }
     }
 
@@ -37,6 +41,7 @@ impl Method {
         match self {
             Method::Baseline | Method::Baselora => "train-baseline",
             Method::Rodos => "train-rodos",
+            Method::More => "train-more",
         }
     }
 }
@@ -109,6 +114,8 @@ pub struct TrainConfig {
     pub lora: Option<LoraConfig>,
     /// The section of `rodos`.
     pub rodos: Option<RodosConfig>,
+    /// The section of `more`.
+    pub more: Option<MoreConfig>,
 }
 
 impl Default for TrainConfig {
@@ -139,6 +146,7 @@ impl Default for TrainConfig {
             device: "cpu".into(),
             lora: None,
             rodos: None,
+            more: None,
         }
     }
 }
@@ -156,7 +164,7 @@ impl TrainConfig {
             parse_json(&text).with_context(|| format!("config {}: not JSON", path.display()))?;
         if raw.get("method").is_none() {
             anyhow::bail!(
-                "config {}: `method` is missing: name the method it trains (baseline, baselora or rodos)",
+                "config {}: `method` is missing: name the method it trains (baseline, baselora, rodos or more)",
                 path.display()
             );
         }
@@ -180,16 +188,25 @@ impl TrainConfig {
             lora.validate().map_err(|e| anyhow::anyhow!("`lora`: {e}"))?;
         }
         let method = self.method.name();
-        match (self.method, &self.lora, &self.rodos) {
-            (Method::Baselora, None, _) => anyhow::bail!("method `baselora` needs a `lora` section"),
-            (Method::Baseline | Method::Rodos, Some(_), _) => {
-                anyhow::bail!("a `lora` section belongs to method `baselora`, not `{method}`")
+        let sections = [
+            ("lora", self.lora.is_some(), Method::Baselora),
+            ("rodos", self.rodos.is_some(), Method::Rodos),
+            ("more", self.more.is_some(), Method::More),
+        ];
+        for (section, present, owner) in sections {
+            if present && owner != self.method {
+                anyhow::bail!("a `{section}` section belongs to method `{}`, not `{method}`", owner.name());
             }
-            (Method::Rodos, _, None) => anyhow::bail!("method `rodos` needs a `rodos` section (it may be `{{}}`)"),
-            (Method::Baseline | Method::Baselora, _, Some(_)) => {
-                anyhow::bail!("a `rodos` section belongs to method `rodos`, not `{method}`")
+            if !present && owner == self.method {
+                anyhow::bail!("method `{method}` needs a `{section}` section (it may be `{{}}` for the defaults)");
             }
-            _ => {}
+        }
+        if let Some(more) = &self.more {
+            anyhow::ensure!(more.top_k > 0, "`more.top_k` must be positive");
+            anyhow::ensure!(more.experts != Some(0), "`more.experts` must be positive");
+            anyhow::ensure!(more.experts.is_none_or(|e| more.top_k <= e), "`more.top_k` exceeds `more.experts`");
+            anyhow::ensure!(more.expert_hidden != Some(0), "`more.expert_hidden` must be positive");
+            anyhow::ensure!(more.balance_coef >= 0.0, "`more.balance_coef` must be at least 0");
         }
         if let Some(router) = self.rodos.as_ref().map(|r| &r.router) {
             anyhow::ensure!(router.epochs != Some(0), "`rodos.router.epochs` must be positive");
@@ -263,6 +280,9 @@ mod tests {
     fn each_method_has_its_section_and_no_other() {
         let parse = |text: &str| parse_json::<TrainConfig>(text).unwrap().validate().map_err(|e| e.to_string());
         assert!(parse("{\"method\": \"rodos\"}").unwrap_err().contains("needs a `rodos` section"));
+        assert!(parse("{\"method\": \"more\", \"more\": {\"top_k\": 3, \"experts\": 2}}")
+            .unwrap_err()
+            .contains("exceeds"));
         assert!(parse("{\"method\": \"rodos\", \"rodos\": {}}").is_ok());
         let lora = "\"lora\": {\"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"q\"]}";
         assert!(parse(&format!("{{\"method\": \"rodos\", \"rodos\": {{}}, {lora}}}"))

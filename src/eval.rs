@@ -45,6 +45,9 @@ pub struct Results {
     /// A routed method: how often the router picks each prompt's true domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router: Option<RouterResults>,
+    /// MoRE: the share of gate weight each domain's inputs give each expert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experts: Option<ExpertShares>,
     /// The parts of a run of several models, for Table 3.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<crate::run::Part>,
@@ -58,6 +61,43 @@ pub struct RouterResults {
     pub accuracy: f64,
     pub per_domain: BTreeMap<String, f64>,
     pub confusion: Vec<Vec<usize>>,
+}
+
+/// Where MoRE's gate sends each domain: `shares[domain][e]` is the mean gate weight of expert `e` over
+/// the domain's test inputs (chosen and rejected responses), each row summing to 1.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExpertShares {
+    pub experts: usize,
+    pub shares: BTreeMap<String, Vec<f64>>,
+}
+
+/// For a MoRE scorer: the gate's expert shares per domain on the test pairs.
+pub fn expert_shares(
+    scorer: &Scorer,
+    data: &Path,
+    domains: &[String],
+    max_pairs: Option<usize>,
+    seed: u64,
+) -> Result<Option<ExpertShares>> {
+    let Kind::More(model) = &scorer.kind else { return Ok(None) };
+    let experts = model.head.experts();
+    let mut shares = BTreeMap::new();
+    for domain in domains {
+        let records = test_pairs(data, domain, max_pairs, seed)?;
+        let inputs: Vec<(&str, &str)> = records
+            .iter()
+            .flat_map(|p| [(p.prompt.as_str(), p.chosen.as_str()), (p.prompt.as_str(), p.rejected.as_str())])
+            .collect();
+        let (_, gates) = model.score_with_gates(&inputs, 32)?;
+        let mut sum = vec![0f64; experts];
+        for row in &gates {
+            for (s, g) in sum.iter_mut().zip(row) {
+                *s += f64::from(*g);
+            }
+        }
+        shares.insert(domain.clone(), sum.iter().map(|s| s / gates.len().max(1) as f64).collect());
+    }
+    Ok(Some(ExpertShares { experts, shares }))
 }
 
 /// Routed and oracle accuracy per domain, and the router's own results, for a routed scorer.

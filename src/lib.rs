@@ -13,6 +13,7 @@ pub mod load;
 pub mod lora;
 pub mod methods;
 pub mod model;
+pub mod moe;
 pub mod nn;
 pub mod plot;
 pub mod report;

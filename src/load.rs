@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::backbone::resolve_model_dir;
+use crate::config::Method;
 use crate::encoding::Truncation;
+use crate::methods::more::MoreModel;
 use crate::model::{LoadOptions, RewardModel};
 use crate::nn::Adapters;
 use crate::run::{Part, Role, RunMeta};
@@ -23,8 +25,13 @@ pub struct Scorer {
 }
 
 pub enum Kind {
-    Single { model: RewardModel, adapters: Adapters },
+    Single {
+        model: RewardModel,
+        adapters: Adapters,
+    },
     Routed(Routed),
+    /// MoRE: an encoder with a sparse mixture of reward experts.
+    More(Box<MoreModel>),
 }
 
 /// RODOS: the router picks, per prompt, the domain whose reward model scores the pair.
@@ -46,7 +53,7 @@ impl Scorer {
     pub fn single(&self) -> Option<(&RewardModel, &Adapters)> {
         match &self.kind {
             Kind::Single { model, adapters } => Some((model, adapters)),
-            Kind::Routed(_) => None,
+            Kind::Routed(_) | Kind::More(_) => None,
         }
     }
 
@@ -56,6 +63,7 @@ impl Scorer {
             Kind::Single { model, adapters } => {
                 Ok(Scored { rewards: model.score(pairs, batch_size, adapters)?, domains: None })
             }
+            Kind::More(model) => Ok(Scored { rewards: model.score(pairs, batch_size)?, domains: None }),
             Kind::Routed(routed) => {
                 // Each distinct prompt is routed once (a pair's two responses share their prompt).
                 let mut distinct: Vec<&str> = pairs.iter().map(|(p, _)| *p).collect();
@@ -77,6 +85,7 @@ impl Scorer {
     pub fn score_as(&self, pairs: &[(&str, &str)], domain: &str, batch_size: usize) -> Result<Vec<f32>> {
         match &self.kind {
             Kind::Single { model, adapters } => model.score(pairs, batch_size, adapters),
+            Kind::More(model) => model.score(pairs, batch_size),
             Kind::Routed(routed) => routed.score_in(pairs, &vec![domain.to_string(); pairs.len()], batch_size),
         }
     }
@@ -127,6 +136,16 @@ pub struct ScoreOptions {
 /// the only one under `adapters/`.
 pub fn load_scorer(dir: &Path, opts: &LoadOptions, choice: &ScoreOptions) -> Result<Scorer> {
     let run = if dir.join("rmroute.json").is_file() { Some(RunMeta::read(dir)?) } else { None };
+    if let Some(meta) = run.as_ref().filter(|m| m.method == Method::More.name()) {
+        if choice.adapter.is_some() {
+            bail!("{} is a MoRE run: --adapter does not apply", dir.display());
+        }
+        let more = meta.config.more.clone().unwrap_or_default();
+        let mut model = MoreModel::load(dir, &more, opts)?;
+        let max_length = choice.max_length.unwrap_or(meta.config.max_length);
+        model.encoder.set_limits(max_length, choice.truncation.unwrap_or(meta.config.truncation));
+        return Ok(Scorer { kind: Kind::More(Box::new(model)), run });
+    }
     if let Some(meta) = run.as_ref().filter(|m| !m.parts.is_empty()) {
         if choice.adapter.is_some() {
             bail!("{} is a `{}` run of several models: --adapter does not apply", dir.display(), meta.method);

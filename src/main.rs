@@ -20,6 +20,8 @@ enum Command {
     TrainBaseline(cli::train::TrainArgs),
     /// Train RODOS: a reward model per domain and an external router over prompts.
     TrainRodos(cli::train::RodosArgs),
+    /// Train MoRE: one reward model with an internal sparse mixture of reward experts.
+    TrainMore(cli::train::TrainArgs),
     /// Pairwise accuracy per domain, parameters and timings of a trained run → results.json.
     Eval(cli::eval::EvalArgs),
     /// The paper's Tables 2, 3 and 6 over runs (seeds), as Markdown and CSV.
@@ -34,6 +36,7 @@ fn main() -> Result<()> {
         Command::Score(args) => cli::score::run(args),
         Command::TrainBaseline(args) => cli::train::run_baseline(args),
         Command::TrainRodos(args) => cli::train::run_rodos(args),
+        Command::TrainMore(args) => cli::train::run_more(args),
         Command::Eval(args) => cli::eval::run(args),
         Command::Report(args) => cli::report::run(args),
     }

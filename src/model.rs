@@ -461,6 +461,41 @@ impl RewardModel {
         Ok(())
     }
 
+    /// The encoder's trainable variables alone (full fine-tuning), without any head.
+    pub fn encoder_vars(&self) -> Vec<(String, Var)> {
+        self.encoder_store.vars()
+    }
+
+    /// The encoder's output for a batch, `(batch, seq, hidden)`.
+    pub fn hidden(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+        Ok(self.encoder.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, ctx)?)
+    }
+
+    /// Writes the encoder alone as a Hugging Face base model (`BertModel`, `DebertaV2Model`) into `dir`:
+    /// for methods whose head transformers has no class for (MoRE), so Python never loads it as a
+    /// reward model it is not.
+    pub fn write_encoder(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut config = self.config.clone();
+        let class = match self.arch {
+            Arch::Bert => "BertModel",
+            Arch::Deberta => "DebertaV2Model",
+        };
+        config["architectures"] = serde_json::json!([class]);
+        if let Some(map) = config.as_object_mut() {
+            for key in ["num_labels", "id2label", "label2id", "problem_type"] {
+                map.remove(key);
+            }
+        }
+        write_atomic(&dir.join("config.json"), &serde_json::to_vec_pretty(&config)?)?;
+        let heads: Vec<String> = self.head_tensors().into_iter().map(|(k, _)| k).collect();
+        let mut tensors = self.state_dict()?;
+        tensors.retain(|k, _| !heads.contains(k));
+        save_safetensors(&tensors, &dir.join("model.safetensors"))?;
+        write_atomic(&dir.join("tokenizer.json"), self.tokens.tokenizer_json()?.as_bytes())?;
+        Ok(())
+    }
+
     /// Trainable variables: the encoder's when fully fine-tuned, then the base head when no adapter is
     /// named, else the named adapters' (each with its own head).
     pub fn trainable_vars(&self, adapters: &[&str]) -> Vec<(String, Var)> {

@@ -56,6 +56,12 @@ impl Ctx {
         *self.rng.borrow_mut() = rng;
     }
 
+    /// `n` standard normal draws from the pass's seeded RNG (the noise of noisy top-k gating).
+    pub fn standard_normal(&self, n: usize) -> Vec<f32> {
+        let mut rng = self.rng.borrow_mut();
+        (0..n).map(|_| crate::backbone::params::standard_normal(&mut *rng) as f32).collect()
+    }
+
     /// Inverted dropout with probability `p`, active only in training.
     pub fn dropout(&self, x: &Tensor, p: f32) -> Result<Tensor> {
         if !self.train || p <= 0.0 {

@@ -141,3 +141,60 @@ pub fn curves_figure(runs: &[(String, &Path)], path: &Path) -> Result<()> {
     root.present().map_err(err)?;
     Ok(())
 }
+
+/// MoRE's expert shares as a heat map: one row per domain, one column per expert, darker = more gate
+/// weight. Draws the first run that has expert shares; `false` when none has.
+pub fn experts_figure(runs: &[Results], path: &Path) -> Result<bool> {
+    let Some(run) = runs.iter().find(|r| r.experts.is_some()) else { return Ok(false) };
+    let Some(shares) = &run.experts else { return Ok(false) };
+    let domains: Vec<&String> = shares.shares.keys().collect();
+    let root =
+        SVGBackend::new(path, (160 + 90 * shares.experts as u32, 120 + 50 * domains.len() as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let caption = format!("Expert shares: {} ({}) seed {}", run.method, run.backbone, run.seed);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(caption, ("sans-serif", 16))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(110)
+        .build_cartesian_2d(0f64..shares.experts as f64, 0f64..domains.len() as f64)
+        .map_err(err)?;
+    let names: Vec<String> = domains.iter().map(|d| d.to_string()).collect();
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_labels(shares.experts * 2 + 1)
+        .y_labels(domains.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor();
+            if (x - i - 0.5).abs() < 0.01 {
+                format!("expert {i}")
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(&move |y| {
+            let i = y.floor() as usize;
+            if (y - i as f64 - 0.5).abs() < 0.01 {
+                names.get(i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .draw()
+        .map_err(err)?;
+    for (row, domain) in domains.iter().enumerate() {
+        for (e, share) in shares.shares[*domain].iter().enumerate() {
+            let shade = (255.0 * (1.0 - share.clamp(0.0, 1.0))) as u8;
+            let rect = Rectangle::new(
+                [(e as f64, row as f64), (e as f64 + 1.0, row as f64 + 1.0)],
+                RGBColor(shade, shade, 255).filled(),
+            );
+            chart.draw_series(std::iter::once(rect)).map_err(err)?;
+            let label = Text::new(format!("{share:.2}"), (e as f64 + 0.35, row as f64 + 0.55), ("sans-serif", 14));
+            chart.draw_series(std::iter::once(label)).map_err(err)?;
+        }
+    }
+    root.present().map_err(err)?;
+    Ok(true)
+}

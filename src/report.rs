@@ -118,6 +118,12 @@ pub fn tables(runs: &[Results]) -> Tables {
         csv6.push_str(&format!("{method},{backbone},{sm:.6},{ss:.6},{pm:.3}\n"));
     }
     md.push_str(&routed_tables(runs));
+    for r in runs {
+        if let Some(shares) = &r.experts {
+            md.push_str(&format!("\n{} ({}) seed {}: ", r.method, r.backbone, r.seed));
+            md.push_str(&experts_markdown(shares));
+        }
+    }
     Tables {
         markdown: md,
         csv: vec![("table2.csv".into(), csv2), ("table3.csv".into(), csv3), ("table6.csv".into(), csv6)],
@@ -135,6 +141,21 @@ pub fn confusion_markdown(router: &crate::eval::RouterResults) -> String {
     for (label, row) in router.labels.iter().zip(&router.confusion) {
         let cells: Vec<String> = row.iter().map(|c| c.to_string()).collect();
         md.push_str(&format!("| {label} | {} |\n", cells.join(" | ")));
+    }
+    md
+}
+
+/// MoRE's expert shares as Markdown: one row per domain, one column per expert.
+pub fn experts_markdown(shares: &crate::eval::ExpertShares) -> String {
+    let header: Vec<String> = (0..shares.experts).map(|e| format!("expert {e}")).collect();
+    let mut md = format!(
+        "Expert shares (mean gate weight per domain)\n\n| domain | {} |\n|---|{}\n",
+        header.join(" | "),
+        "---:|".repeat(shares.experts)
+    );
+    for (domain, row) in &shares.shares {
+        let cells: Vec<String> = row.iter().map(|v| format!("{v:.3}")).collect();
+        md.push_str(&format!("| {domain} | {} |\n", cells.join(" | ")));
     }
     md
 }

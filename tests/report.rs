@@ -24,6 +24,7 @@ fn results(method: &str, backbone: &str, seed: u64, hh: f64, oasst: f64, params:
         oracle: None,
         oracle_mean_accuracy: None,
         router: None,
+        experts: None,
         parts: vec![],
     }
 }

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use rmroute::data::io::write_atomic;
-use rmroute::eval::{accuracy_by_domain, routed_results, seconds_per_step, test_pairs, Results};
+use rmroute::eval::{accuracy_by_domain, expert_shares, routed_results, seconds_per_step, test_pairs, Results};
 use rmroute::load::{load_scorer, ScoreOptions};
 use rmroute::model::LoadOptions;
 use rmroute::train::trainer::resolve_domains;
@@ -47,6 +47,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let seed = args.seed.unwrap_or(meta.seed);
     // A routed run is scored once with the router's choices and once with the true domains.
     let routed = routed_results(&scorer, &args.data, &domains, max_pairs, seed)?;
+    let experts = expert_shares(&scorer, &args.data, &domains, max_pairs, seed)?;
     let (by_domain, pairs_per_second) = match &routed {
         Some(r) => (r.routed.clone(), r.pairs_per_second),
         None => accuracy_by_domain(&scorer, &args.data, &domains, max_pairs, seed)?,
@@ -75,6 +76,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             .map(|r| r.oracle.values().map(|x| x.accuracy).sum::<f64>() / r.oracle.len().max(1) as f64),
         oracle: routed.as_ref().map(|r| r.oracle.clone()),
         router: routed.map(|r| r.router),
+        experts,
         parts: meta.parts.clone(),
     };
     match (&results.oracle, &results.router) {
@@ -98,6 +100,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
             }
             println!("| mean | | {mean:.4} |");
         }
+    }
+    if let Some(shares) = &results.experts {
+        println!("\n{}", rmroute::report::experts_markdown(shares));
     }
     println!("{:.4} s per step (one input), {:.1} pairs/s at batch 32", step, pairs_per_second);
     let out = args.out.unwrap_or_else(|| args.model.join("results.json"));

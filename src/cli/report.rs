@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use rmroute::plot::{accuracy_figure, curves_figure};
+use rmroute::plot::{accuracy_figure, curves_figure, experts_figure};
 use rmroute::report::{read_results, tables, write_csv};
 
 #[derive(Debug, Args)]
@@ -16,8 +16,8 @@ pub struct ReportArgs {
     /// Folder for table2.csv, table3.csv and table6.csv.
     #[arg(long, default_value = ".")]
     pub out: PathBuf,
-    /// Also draw accuracy.svg (accuracy per domain per method, error bars over seeds) and curves.svg
-    /// (loss and accuracy against step) into --out.
+    /// Also draw accuracy.svg (accuracy per domain per method, error bars over seeds), curves.svg
+    /// (loss and accuracy against step) and, for MoRE, experts.svg (expert shares per domain) into --out.
     #[arg(long)]
     pub plot: bool,
 }
@@ -42,6 +42,10 @@ pub fn run(args: ReportArgs) -> Result<()> {
         let curves = args.out.join("curves.svg");
         curves_figure(&runs, &curves)?;
         eprintln!("wrote {} and {}", accuracy.display(), curves.display());
+        let experts = args.out.join("experts.svg");
+        if experts_figure(&results, &experts)? {
+            eprintln!("wrote {}", experts.display());
+        }
     }
     Ok(())
 }

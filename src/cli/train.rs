@@ -7,6 +7,7 @@ use clap::Args;
 
 use rmroute::config::TrainConfig;
 use rmroute::methods::baseline::train_baseline;
+use rmroute::methods::more::train_more;
 use rmroute::methods::rodos::train_rodos;
 use rmroute::train::trainer::RunOptions;
 
@@ -97,5 +98,13 @@ pub fn run_rodos(args: RodosArgs) -> Result<()> {
     let device = super::device(&cfg.device)?;
     let out = train_rodos(&cfg, device, &args.common.options(), args.add_domain.as_deref())?;
     println!("trained rodos → {}", out.display());
+    Ok(())
+}
+
+pub fn run_more(args: TrainArgs) -> Result<()> {
+    let cfg = args.config()?;
+    let device = super::device(&cfg.device)?;
+    let out = train_more(&cfg, device, &args.options())?;
+    println!("trained more → {}", out.display());
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! One file per method: how it trains, reading like the paper's section for it.
 
 pub mod baseline;
+pub mod more;
 pub mod rodos;
 pub mod router;
