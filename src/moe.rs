@@ -32,6 +32,9 @@ impl Default for MoreConfig {
     }
 }
 
+/// Added to the noise's standard deviation (Shazeer et al.'s `noise_epsilon`).
+pub const NOISE_EPSILON: f64 = 1e-2;
+
 struct Expert {
     fc1: Linear,
     fc2: Linear,
@@ -103,7 +106,8 @@ impl MoeHead {
         let clean = candle_core::Module::forward(&self.gate, &x)?;
         let noisy = ctx.train && self.noisy;
         let (logits, noise_std) = if noisy {
-            let std = softplus(&candle_core::Module::forward(&self.noise, &x)?)?;
+            // Shazeer et al.'s noise_epsilon keeps the smooth load's division finite.
+            let std = (softplus(&candle_core::Module::forward(&self.noise, &x)?)? + NOISE_EPSILON)?;
             let draws = Tensor::from_vec(ctx.standard_normal(batch * experts), (batch, experts), x.device())?;
             ((&clean + (&draws * &std)?)?, Some(std))
         } else {
@@ -126,7 +130,7 @@ impl MoeHead {
             }
         }
         let mask = Tensor::from_vec(mask, (batch, experts), x.device())?;
-        let shifted = logits.broadcast_sub(&logits.max_keepdim(D::Minus1)?)?;
+        let shifted = logits.broadcast_sub(&logits.max_keepdim(D::Minus1)?.detach())?;
         let kept = (shifted.exp()? * &mask)?;
         let gates = kept.broadcast_div(&kept.sum_keepdim(D::Minus1)?)?;
 
@@ -151,7 +155,7 @@ impl MoeHead {
         let importance = gates.sum(0)?;
         let load = match &noise_std {
             Some(std) => smooth_load(&clean, &logits, std, &ranked, self.top_k)?,
-            None => gates.gt(0.0)?.to_dtype(DType::F32)?.sum(0)?,
+            None => mask.sum(0)?,
         };
         let balance = (cv_squared(&importance)? + cv_squared(&load)?)?;
         Ok(MoeOutput { rewards, gates, balance })

@@ -79,17 +79,20 @@ fn matvec(w: &[f32], b: Option<&[f32]>, x: &[f64], out: usize) -> Vec<f64> {
         .collect()
 }
 
+/// erf through Abramowitz–Stegun 7.1.26 (|error| < 1.5e-7).
+fn erf(z: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.3275911 * z.abs());
+    let poly = ((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592;
+    (1.0 - poly * t * (-z * z).exp()).copysign(z)
+}
+
 fn gelu(x: f64) -> f64 {
-    // erf through a series precise to 1e-7 on the range used here
-    let erf = |z: f64| {
-        let t = 1.0 / (1.0 + 0.3275911 * z.abs());
-        let y = 1.0
-            - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592)
-                * t
-                * (-z * z).exp();
-        y.copysign(z)
-    };
     0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))
+}
+
+/// The standard normal CDF.
+fn phi(z: f64) -> f64 {
+    0.5 * (1.0 + erf(z / std::f64::consts::SQRT_2))
 }
 
 /// Every expert on the row, gates as an explicit softmax over the top k logits.
@@ -195,7 +198,7 @@ fn finite_differences_agree_with_the_gradient_of_reward_and_smooth_load() {
     assert_eq!(checked, 3);
 }
 
-/// Two domains with opposite markers, so one reward function cannot fit both without the prompt.
+/// A domain of the marker task: the chosen response holds `good` where the rejected one holds `bad`.
 fn write_domain(data: &Path, name: &str, lo: usize, (good, bad): (&str, &str), n: usize, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     for (split, count) in [("train", n), ("test", 40)] {
@@ -236,8 +239,10 @@ fn more_learns_two_domains_and_loads_back_with_its_expert_shares() {
         ..TrainConfig::default()
     };
     let run = train_more(&cfg, Device::Cpu, &RunOptions { quiet: true, ..Default::default() }).unwrap();
-    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
-    assert_eq!(config["architectures"][0], "BertModel", "never loads in Python as a plain reward model");
+    assert!(!run.join("config.json").exists(), "from_pretrained(RUN) must fail, not load a random classifier");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("encoder/config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "BertModel");
     let scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
     assert!(matches!(scorer.kind, Kind::More(_)));
     let domains = ["alpha".to_string(), "beta".to_string()];
@@ -308,9 +313,14 @@ fn gradients_reach_only_the_selected_experts() {
     let grads = out.rewards.sum_all().unwrap().backward().unwrap();
     for (name, var) in store.vars().iter().filter(|(n, _)| n.contains(".experts.")) {
         let expert: usize = name.split('.').nth(2).unwrap().parse().unwrap();
-        let grad = grads.get(var.as_tensor());
-        let moved = grad.map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0).unwrap_or(false);
-        assert_eq!(moved, used.contains(&expert), "{name}: gradient {moved}, selected {}", used.contains(&expert));
+        match grads.get(var.as_tensor()) {
+            // an idle expert was never computed: it is not even in the graph
+            None => assert!(!used.contains(&expert), "{name}: selected but no gradient"),
+            Some(g) => {
+                assert!(used.contains(&expert), "{name}: idle expert in the graph");
+                assert!(g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0, "{name}");
+            }
+        }
     }
 }
 
@@ -379,9 +389,51 @@ fn a_killed_more_run_resumes_bit_identically() {
     let stop = RunOptions { quiet: true, stop_after: Some(5), ..Default::default() };
     let err = train_more(&cfg, Device::Cpu, &stop).unwrap_err();
     assert!(err.downcast_ref::<StoppedEarly>().is_some(), "{err}");
-    let resumed = train_more(&cfg, Device::Cpu, &RunOptions { quiet: true, resume: true, ..Default::default() }).unwrap();
-    for file in ["model.safetensors", "more.safetensors"] {
+    let resumed =
+        train_more(&cfg, Device::Cpu, &RunOptions { quiet: true, resume: true, ..Default::default() }).unwrap();
+    for file in ["encoder/model.safetensors", "more.safetensors"] {
         let (a, b) = (std::fs::read(whole.join(file)).unwrap(), std::fs::read(resumed.join(file)).unwrap());
         assert!(a == b, "{file} differs after resume");
     }
+}
+
+#[test]
+fn the_smooth_load_is_shazeers_formula_with_the_same_noise_draws() {
+    let k = 2;
+    let (head, p, _) = head(k, false);
+    let (x, rows) = inputs(9, 8);
+    let seed = 31;
+    let out = head.forward(&x, &Ctx::train(seed)).unwrap();
+    // The head draws nothing else from the pass's RNG: the same draws, reproduced here.
+    let draws = Ctx::train(seed).standard_normal(rows.len() * E);
+    let softplus = |v: f64| v.max(0.0) + (1.0 + (-v.abs()).exp()).ln();
+    let (mut importance, mut load) = (vec![0f64; E], vec![0f64; E]);
+    for (r, row) in rows.iter().enumerate() {
+        let xr: Vec<f64> = row.iter().map(|&v| v as f64).collect();
+        let xn = layer_norm(&xr, &p["more.norm_in.weight"], &p["more.norm_in.bias"]);
+        let clean = matvec(&p["more.gate.weight"], None, &xn, E);
+        let std: Vec<f64> =
+            matvec(&p["more.noise.weight"], None, &xn, E).into_iter().map(|v| softplus(v) + 1e-2).collect();
+        let noisy: Vec<f64> = (0..E).map(|e| clean[e] + draws[r * E + e] as f64 * std[e]).collect();
+        let mut order: Vec<usize> = (0..E).collect();
+        order.sort_by(|&a, &b| noisy[b].total_cmp(&noisy[a]));
+        let z: f64 = order[..k].iter().map(|&e| noisy[e].exp()).sum();
+        for e in 0..E {
+            let inside = order[..k].contains(&e);
+            if inside {
+                importance[e] += noisy[e].exp() / z;
+            }
+            // the k-th largest noisy logit among the other experts
+            let others: Vec<f64> = order.iter().filter(|&&o| o != e).map(|&o| noisy[o]).collect();
+            let threshold = others[k - 1];
+            load[e] += phi((clean[e] - threshold) / std[e]);
+        }
+    }
+    let cv2 = |v: &[f64]| {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64 / (m * m + 1e-10)
+    };
+    let want = cv2(&importance) + cv2(&load);
+    let got = out.balance.to_scalar::<f32>().unwrap() as f64;
+    assert!((got - want).abs() < 1e-4 * want.max(1.0), "{got} vs {want}");
 }

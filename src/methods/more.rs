@@ -3,9 +3,10 @@
 //! sparse MoE with noisy top-k gating → LayerNorm → regression. Trained on all domains together with
 //! the pairwise loss plus the gate's load-balancing loss.
 //!
-//! A MoRE run directory holds the encoder as a Hugging Face base model (`BertModel`/`DebertaV2Model`:
-//! transformers has no class for this head, so the run never loads as a plain reward model) and the
-//! head in `more.safetensors`.
+//! A MoRE run directory holds the encoder as a Hugging Face base model in `encoder/`
+//! (`BertModel`/`DebertaV2Model`) and the head in `more.safetensors`: transformers has no class for
+//! this head, and with no `config.json` at the top `from_pretrained(RUN)` fails rather than load the
+//! encoder under a random classifier.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -29,6 +30,9 @@ use crate::train::trainer::{load_train_pairs, train_objective, RunOptions};
 
 /// The head's file in a MoRE run directory.
 pub const HEAD_FILE: &str = "more.safetensors";
+
+/// The encoder's folder in a MoRE run directory.
+pub const ENCODER_DIR: &str = "encoder";
 
 /// An encoder with the MoE head.
 pub struct MoreModel {
@@ -64,7 +68,7 @@ impl MoreModel {
 
     /// Loads a MoRE run directory.
     pub fn load(dir: &Path, config: &MoreConfig, opts: &LoadOptions) -> Result<Self> {
-        let encoder = RewardModel::load(dir, opts)?;
+        let encoder = RewardModel::load(&dir.join(ENCODER_DIR), opts)?;
         let path = dir.join(HEAD_FILE);
         let tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu)
             .with_context(|| format!("reading the MoRE head {}", path.display()))?;
@@ -178,7 +182,7 @@ pub fn train_more(cfg: &TrainConfig, device: candle_core::Device, opts: &RunOpti
 
     let staged = StagedDir::new(out)?;
     std::fs::copy(out.join("metrics.jsonl"), staged.path().join("metrics.jsonl"))?;
-    model.encoder.write_encoder(staged.path())?;
+    model.encoder.write_encoder(&staged.path().join(ENCODER_DIR))?;
     model.save_head(&staged.path().join(HEAD_FILE))?;
     let mut config = cfg.clone();
     config.more = Some(MoreConfig { experts: Some(experts), ..more });
@@ -196,7 +200,9 @@ pub fn train_more(cfg: &TrainConfig, device: candle_core::Device, opts: &RunOpti
         epoch_seconds: trained.epoch_seconds,
         total_parameters: model.parameter_count(),
         trainable_parameters: trainable,
-        model: format!("the encoder as a Hugging Face base model; the MoE head ({experts} experts) in {HEAD_FILE}"),
+        model: format!(
+            "the encoder as a Hugging Face base model in {ENCODER_DIR}/; the MoE head ({experts} experts) in {HEAD_FILE}"
+        ),
         adapters: BTreeMap::new(),
         parts: vec![],
     }
