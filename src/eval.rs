@@ -15,6 +15,7 @@ use crate::data::split::{mix, stable_hash};
 use crate::data::{read_pairs, PairRecord};
 use crate::load::{Kind, Scorer};
 use crate::train::loss::pairwise_correct;
+use crate::train::objective::chosen_then_rejected;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DomainResult {
@@ -156,12 +157,8 @@ pub fn accuracy_by_domain(
 fn count_correct(records: &[PairRecord], mut score: impl FnMut(&[(&str, &str)]) -> Result<Vec<f32>>) -> Result<usize> {
     let mut correct = 0;
     for chunk in records.chunks(32) {
-        let inputs: Vec<(&str, &str)> = chunk
-            .iter()
-            .map(|p| (p.prompt.as_str(), p.chosen.as_str()))
-            .chain(chunk.iter().map(|p| (p.prompt.as_str(), p.rejected.as_str())))
-            .collect();
-        let rewards = score(&inputs)?;
+        let refs: Vec<&PairRecord> = chunk.iter().collect();
+        let rewards = score(&chosen_then_rejected(&refs))?;
         let (chosen, rejected) = rewards.split_at(chunk.len());
         correct += pairwise_correct(chosen, rejected);
     }

@@ -25,7 +25,7 @@ use crate::moe::{MoeHead, MoeOutput, MoreConfig};
 use crate::nn::Ctx;
 use crate::run::{backbone_name, prepare_run_dir, RunMeta};
 use crate::train::loss::{pairwise_correct, pairwise_loss};
-use crate::train::objective::{MicroBatch, Objective};
+use crate::train::objective::{chosen_then_rejected, MicroBatch, Objective};
 use crate::train::trainer::{load_train_pairs, train_objective, RunOptions};
 
 /// The head's file in a MoRE run directory.
@@ -131,11 +131,7 @@ impl Objective for MorePairwise<'_> {
 
     fn micro_batch(&self, batch: &[usize], ctx: Ctx) -> Result<MicroBatch> {
         let chunk: Vec<&PairRecord> = batch.iter().map(|&j| &self.pairs[j]).collect();
-        let inputs: Vec<(&str, &str)> = chunk
-            .iter()
-            .map(|p| (p.prompt.as_str(), p.chosen.as_str()))
-            .chain(chunk.iter().map(|p| (p.prompt.as_str(), p.rejected.as_str())))
-            .collect();
+        let inputs = chosen_then_rejected(&chunk);
         let (out, truncated) = self.model.forward(&inputs, &ctx)?;
         let n = chunk.len();
         let (chosen, rejected) = (out.rewards.narrow(0, 0, n)?, out.rewards.narrow(0, n, n)?);

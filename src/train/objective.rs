@@ -35,6 +35,16 @@ pub trait Objective {
     }
 }
 
+/// The inputs of a batch of pairs for one forward: every `(prompt, chosen)`, then every
+/// `(prompt, rejected)`, so the first half of the rewards are the chosen ones.
+pub fn chosen_then_rejected<'a>(pairs: &[&'a PairRecord]) -> Vec<(&'a str, &'a str)> {
+    pairs
+        .iter()
+        .map(|p| (p.prompt.as_str(), p.chosen.as_str()))
+        .chain(pairs.iter().map(|p| (p.prompt.as_str(), p.rejected.as_str())))
+        .collect()
+}
+
 /// Reward modelling: `-log σ(r(p, chosen) − r(p, rejected))`, chosen and rejected in one forward.
 pub struct Pairwise<'a> {
     pub model: &'a RewardModel,
@@ -54,11 +64,7 @@ impl Objective for Pairwise<'_> {
 
     fn micro_batch(&self, batch: &[usize], ctx: Ctx) -> Result<MicroBatch> {
         let chunk: Vec<&PairRecord> = batch.iter().map(|&j| &self.pairs[j]).collect();
-        let inputs: Vec<(&str, &str)> = chunk
-            .iter()
-            .map(|p| (p.prompt.as_str(), p.chosen.as_str()))
-            .chain(chunk.iter().map(|p| (p.prompt.as_str(), p.rejected.as_str())))
-            .collect();
+        let inputs = chosen_then_rejected(&chunk);
         let encoded = self.model.encode(&inputs)?;
         let adapters = self.adapter.map(|a| Adapters::One(a.to_string())).unwrap_or_default();
         let rewards = self.model.forward(&encoded, &ctx.with_adapters(adapters))?;
