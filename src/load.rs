@@ -140,7 +140,9 @@ pub fn load_scorer(dir: &Path, opts: &LoadOptions, choice: &ScoreOptions) -> Res
         if choice.adapter.is_some() {
             bail!("{} is a MoRE run: --adapter does not apply", dir.display());
         }
-        let more = meta.config.more.clone().unwrap_or_default();
+        let more = meta.config.more.clone().with_context(|| {
+            format!("{}/rmroute.json is a MoRE run without its `more` section (top_k): train it again", dir.display())
+        })?;
         let mut model = MoreModel::load(dir, &more, opts)?;
         let max_length = choice.max_length.unwrap_or(meta.config.max_length);
         model.encoder.set_limits(max_length, choice.truncation.unwrap_or(meta.config.truncation));

@@ -437,3 +437,29 @@ fn the_smooth_load_is_shazeers_formula_with_the_same_noise_draws() {
     let got = out.balance.to_scalar::<f32>().unwrap() as f64;
     assert!((got - want).abs() < 1e-4 * want.max(1.0), "{got} vs {want}");
 }
+
+#[test]
+fn a_more_run_without_its_more_section_is_refused_not_scored_with_defaults() {
+    let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    common::write_tiny_bert(base.path(), 1, true, false);
+    write_domain(data.path(), "alpha", 8, ("w5", "w6"), 16, 1);
+    write_domain(data.path(), "beta", 21, ("w5", "w6"), 16, 2);
+    let cfg = TrainConfig {
+        method: Method::More,
+        backbone: base.path().display().to_string(),
+        data: data.path().to_path_buf(),
+        out: out.path().join("run"),
+        epochs: 1,
+        batch_size: 16,
+        max_length: 32,
+        more: Some(MoreConfig { top_k: 1, ..MoreConfig::default() }),
+        ..TrainConfig::default()
+    };
+    let run = train_more(&cfg, Device::Cpu, &RunOptions { quiet: true, ..Default::default() }).unwrap();
+    let path = run.join("rmroute.json");
+    let mut meta: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    meta["config"].as_object_mut().unwrap().remove("more");
+    std::fs::write(&path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    let err = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).err().unwrap().to_string();
+    assert!(err.contains("without its `more` section"), "{err}");
+}
