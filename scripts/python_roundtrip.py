@@ -471,6 +471,7 @@ def main():
 
     if rm is not None:
         rodos_round_trip(checks, rm, args.prepared, work, backbone, items, items_file)
+        arliss_round_trip(checks, rm, args.prepared, work, backbone, items, items_file)
 
     sys.exit(0 if checks.report() else 1)
 
@@ -508,6 +509,54 @@ def rodos_round_trip(checks, rm, prepared, work, backbone, items, items_file):
                 f"{same_route} of {len(items)}")
     checks.fact("rodos: the routed domain's model in transformers gives rmroute's reward", max(deltas) <= checks.tol,
                 f"max |Δ| {max(deltas):.2e}")
+
+
+def arliss_round_trip(checks, rm, prepared, work, backbone, items, items_file):
+    """A tiny ARLISS run: each adapter (a reward adapter per domain, the router adapter with a classifier
+    over the domains) loads with PEFT onto the untouched backbone; the router adapter picks rmroute's
+    domain for every prompt, and the routed domain's adapter gives rmroute's reward, in both of rmroute's
+    switching modes."""
+    print("\n== ARLISS: PEFT adapters on the backbone")
+    cfg = {"method": "arliss", "backbone": backbone, "domains": ["hellaswag", "oasst"], "epochs": 1, "batch_size": 8,
+           "lr": 1e-4, "max_length": MAX_LENGTH, "max_pairs": 24, "truncation": "longest_first",
+           "lora": {"r": 12, "lora_alpha": 768, "lora_dropout": 0.1, "target_modules": ["query", "key", "value", "dense"]},
+           "arliss": {"router": {"epochs": 2, "lr": 1e-4}}}
+    cfg_path, run = work / "arliss.json", work / "runs" / "arliss"
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    if not rm.run("rmroute train-arliss", ["train-arliss", "--config", cfg_path, "--data", prepared, "--out", run, "--quiet"]):
+        return
+    scored = {}
+    for mode in ("one_pass", "sequential"):
+        out = work / f"arliss-scores-{mode}.jsonl"
+        if not rm.run(f"rmroute score (arliss, {mode})",
+                      ["score", "--model", run, "--input", items_file, "--out", out, "--switching", mode, "--quiet"]):
+            return
+        scored[mode] = {str(r["id"]): r for r in read_jsonl(out)}
+    copies = [p for p in run.rglob("*") if p.name in ("model.safetensors", "pytorch_model.bin")]
+    checks.fact("arliss: the run holds no copy of the backbone", not copies, ", ".join(map(str, copies)))
+    labels = cfg["domains"]
+    tok = AutoTokenizer.from_pretrained(backbone)
+    router = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=len(labels)), str(run / "stages" / "router")
+    ).eval()
+    models = {d: PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1),
+                                           str(run / "stages" / f"rm-{d}")).eval() for d in labels}
+    for d, m in models.items():
+        checks.fact(f"arliss: rm-{d} loads as a LoRA adapter with a trained head", lora_b_nonzero(m))
+    with torch.no_grad():
+        for mode, got_all in scored.items():
+            same_route, deltas = 0, []
+            for it in items:
+                enc = tok(it["prompt"], truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+                domain = labels[int(router(**enc).logits[0].argmax())]
+                got = got_all[str(it["id"])]
+                same_route += domain == got.get("domain")
+                pair = tok(it["prompt"], it["response"], truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+                deltas.append(abs(float(models[got["domain"]](**pair).logits[0, 0]) - float(got["reward"])))
+            checks.fact(f"arliss ({mode}): PEFT's router adapter picks rmroute's domain for every prompt",
+                        same_route == len(items), f"{same_route} of {len(items)}")
+            checks.fact(f"arliss ({mode}): the routed domain's adapter in PEFT gives rmroute's reward",
+                        max(deltas) <= checks.tol, f"max |Δ| {max(deltas):.2e}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ pub enum Method {
     Rodos,
     /// One reward model whose head is a sparse mixture of reward experts.
     More,
+    /// One frozen base with a LoRA reward adapter per domain and a router adapter.
+    Arliss,
 }
 
 impl Method {
@@ -33,6 +35,7 @@ impl Method {
             Method::Baselora => "baselora",
             Method::Rodos => "rodos",
             Method::More => "more",
+            Method::Arliss => "arliss",
         }
     }
 
@@ -42,6 +45,7 @@ impl Method {
             Method::Baseline | Method::Baselora => "train-baseline",
             Method::Rodos => "train-rodos",
             Method::More => "train-more",
+            Method::Arliss => "train-arliss",
         }
     }
 }
@@ -50,6 +54,14 @@ impl Method {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RodosConfig {
+    pub router: RouterConfig,
+}
+
+/// ARLISS (router-reward-models.txt §3.3): its router adapter's training (the reward adapters and
+/// the router adapter share the config's `lora` settings).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ArlissConfig {
     pub router: RouterConfig,
 }
 
@@ -110,12 +122,14 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// The adapter of `baselora`: a frozen encoder, one adapter and its head.
+    /// The adapters of `baselora` (one, with its head) and `arliss` (one per domain and the router's).
     pub lora: Option<LoraConfig>,
     /// The section of `rodos`.
     pub rodos: Option<RodosConfig>,
     /// The section of `more`.
     pub more: Option<MoreConfig>,
+    /// The section of `arliss`.
+    pub arliss: Option<ArlissConfig>,
 }
 
 impl Default for TrainConfig {
@@ -147,6 +161,7 @@ impl Default for TrainConfig {
             lora: None,
             rodos: None,
             more: None,
+            arliss: None,
         }
     }
 }
@@ -164,7 +179,7 @@ impl TrainConfig {
             parse_json(&text).with_context(|| format!("config {}: not JSON", path.display()))?;
         if raw.get("method").is_none() {
             anyhow::bail!(
-                "config {}: `method` is missing: name the method it trains (baseline, baselora, rodos or more)",
+                "config {}: `method` is missing: name the method it trains (baseline, baselora, rodos, more or arliss)",
                 path.display()
             );
         }
@@ -188,17 +203,25 @@ impl TrainConfig {
             lora.validate().map_err(|e| anyhow::anyhow!("`lora`: {e}"))?;
         }
         let method = self.method.name();
-        let sections = [
-            ("lora", self.lora.is_some(), Method::Baselora),
-            ("rodos", self.rodos.is_some(), Method::Rodos),
-            ("more", self.more.is_some(), Method::More),
+        let sections: [(&str, bool, &[Method]); 4] = [
+            ("lora", self.lora.is_some(), &[Method::Baselora, Method::Arliss]),
+            ("rodos", self.rodos.is_some(), &[Method::Rodos]),
+            ("more", self.more.is_some(), &[Method::More]),
+            ("arliss", self.arliss.is_some(), &[Method::Arliss]),
         ];
-        for (section, present, owner) in sections {
-            if present && owner != self.method {
-                anyhow::bail!("a `{section}` section belongs to method `{}`, not `{method}`", owner.name());
+        for (section, present, owners) in sections {
+            let owned = owners.contains(&self.method);
+            if present && !owned {
+                let names: Vec<&str> = owners.iter().map(|m| m.name()).collect();
+                anyhow::bail!("a `{section}` section belongs to method `{}`, not `{method}`", names.join("` or `"));
             }
-            if !present && owner == self.method {
-                anyhow::bail!("method `{method}` needs a `{section}` section (it may be `{{}}` for the defaults)");
+            if !present && owned {
+                let hint = if section == "lora" {
+                    " (rank `r`, `lora_alpha`, `target_modules`)"
+                } else {
+                    " (it may be `{}` for the defaults)"
+                };
+                anyhow::bail!("method `{method}` needs a `{section}` section{hint}");
             }
         }
         if let Some(more) = &self.more {
@@ -208,12 +231,21 @@ impl TrainConfig {
             anyhow::ensure!(more.expert_hidden != Some(0), "`more.expert_hidden` must be positive");
             anyhow::ensure!(more.balance_coef >= 0.0, "`more.balance_coef` must be at least 0");
         }
-        if let Some(router) = self.rodos.as_ref().map(|r| &r.router) {
-            anyhow::ensure!(router.epochs != Some(0), "`rodos.router.epochs` must be positive");
-            anyhow::ensure!(router.lr.is_none_or(|lr| lr > 0.0), "`rodos.router.lr` must be positive");
-            anyhow::ensure!(router.batch_size != Some(0), "`rodos.router.batch_size` must be positive");
+        let routers =
+            [("rodos", self.rodos.as_ref().map(|r| &r.router)), ("arliss", self.arliss.as_ref().map(|a| &a.router))];
+        for (section, router) in routers {
+            if let Some(router) = router {
+                anyhow::ensure!(router.epochs != Some(0), "`{section}.router.epochs` must be positive");
+                anyhow::ensure!(router.lr.is_none_or(|lr| lr > 0.0), "`{section}.router.lr` must be positive");
+                anyhow::ensure!(router.batch_size != Some(0), "`{section}.router.batch_size` must be positive");
+            }
         }
         Ok(())
+    }
+
+    /// The router section of a routed method (RODOS, ARLISS), if any.
+    pub fn router(&self) -> Option<&RouterConfig> {
+        self.rodos.as_ref().map(|r| &r.router).or(self.arliss.as_ref().map(|a| &a.router))
     }
 
     pub fn method(&self) -> &'static str {
@@ -289,6 +321,11 @@ mod tests {
             .unwrap_err()
             .contains("`baselora`"));
         assert!(parse("{\"method\": \"baselora\"}").unwrap_err().contains("needs a `lora` section"));
+        assert!(parse("{\"method\": \"arliss\", \"arliss\": {}}").unwrap_err().contains("needs a `lora` section"));
+        assert!(parse(&format!("{{\"method\": \"arliss\", {lora}}}"))
+            .unwrap_err()
+            .contains("needs a `arliss` section"));
+        assert!(parse(&format!("{{\"method\": \"arliss\", \"arliss\": {{}}, {lora}}}")).is_ok());
         assert!(parse("{\"method\": \"baseline\", \"rodos\": {}}").unwrap_err().contains("belongs to method `rodos`"));
         let err = parse_json::<TrainConfig>("{\"method\": \"rodso\"}").unwrap_err().to_string();
         assert!(err.starts_with("`method`:") && err.contains("rodos"), "{err}");

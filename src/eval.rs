@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::split::{mix, stable_hash};
 use crate::data::{read_pairs, PairRecord};
-use crate::load::{Kind, Scorer};
+use crate::load::{Kind, Scorer, Switching};
 use crate::train::loss::pairwise_correct;
 use crate::train::objective::chosen_then_rejected;
 
@@ -52,6 +52,74 @@ pub struct Results {
     /// The parts of a run of several models, for Table 3.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<crate::run::Part>,
+    /// ARLISS: routed scoring of mixed-domain batches with each way of switching adapters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switching: Option<Vec<SwitchingTiming>>,
+    /// Resident memory of the evaluating process (Linux).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Memory>,
+}
+
+/// Routed scoring of mixed-domain batches (routing included) with one way of switching adapters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SwitchingTiming {
+    pub mode: Switching,
+    /// Mean seconds to score one input from each domain together (the paper's Table 6 step).
+    pub seconds_per_step: f64,
+    /// Pairs per second, 32 pairs of mixed domains at a time.
+    pub pairs_per_second: f64,
+}
+
+/// Resident memory in bytes: once the model is loaded, and the process's peak.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Memory {
+    pub loaded_bytes: u64,
+    pub peak_bytes: u64,
+}
+
+/// `(resident, peak resident)` bytes of this process, from `/proc/self/status`; none elsewhere.
+pub fn resident_memory() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// ARLISS: routed scoring of mixed-domain batches, timed with each way of switching adapters.
+/// `by_domain` holds each domain's test pairs; batches interleave them (one of each domain in turn).
+/// None for a scorer with nothing to switch.
+pub fn switching_timings(scorer: &mut Scorer, by_domain: &[Vec<PairRecord>]) -> Result<Option<Vec<SwitchingTiming>>> {
+    let Kind::Routed(routed) = &mut scorer.kind else { return Ok(None) };
+    let Some(original) = routed.switching() else { return Ok(None) };
+    let longest = by_domain.iter().map(Vec::len).max().unwrap_or(0);
+    let mixed: Vec<&PairRecord> = (0..longest).flat_map(|i| by_domain.iter().filter_map(move |d| d.get(i))).collect();
+    let steps: Vec<Vec<(&str, &str)>> = (0..longest.min(10))
+        .map(|i| by_domain.iter().filter_map(|d| d.get(i)).map(|p| (p.prompt.as_str(), p.chosen.as_str())).collect())
+        .collect();
+    let mut timings = Vec::new();
+    for mode in [Switching::OnePass, Switching::Sequential] {
+        routed.set_switching(mode);
+        let score = |inputs: &[(&str, &str)]| routed.score(inputs, inputs.len()).map(|_| ());
+        if let Some(first) = steps.first() {
+            score(first)?; // warm-up
+        }
+        let start = Instant::now();
+        for step in &steps {
+            score(step)?;
+        }
+        let seconds_per_step = start.elapsed().as_secs_f64() / steps.len().max(1) as f64;
+        let start = Instant::now();
+        for chunk in mixed.chunks(32) {
+            score(&chosen_then_rejected(chunk))?;
+        }
+        let pairs_per_second = mixed.len() as f64 / start.elapsed().as_secs_f64().max(1e-9);
+        timings.push(SwitchingTiming { mode, seconds_per_step, pairs_per_second });
+    }
+    routed.set_switching(original);
+    Ok(Some(timings))
 }
 
 /// The router on the test prompts: accuracy overall and per domain, and the confusion matrix

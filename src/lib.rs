@@ -4,6 +4,7 @@
 //! metrics → tables.
 
 pub mod backbone;
+pub mod base;
 pub mod config;
 pub mod data;
 pub mod encoding;

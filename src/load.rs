@@ -12,8 +12,9 @@ use crate::backbone::resolve_model_dir;
 use crate::config::Method;
 use crate::encoding::Truncation;
 use crate::methods::more::MoreModel;
+use crate::methods::routed::ROUTER_ADAPTER;
 use crate::model::{LoadOptions, RewardModel};
-use crate::nn::Adapters;
+use crate::nn::{Adapters, Ctx};
 use crate::run::{Part, Role, RunMeta};
 
 /// Something that scores: one model (with the adapters its forward pass uses), or a router over
@@ -34,12 +35,45 @@ pub enum Kind {
     More(Box<MoreModel>),
 }
 
-/// RODOS: the router picks, per prompt, the domain whose reward model scores the pair.
+/// A routed method: the router picks, per prompt, the domain whose reward part scores the pair.
 pub struct Routed {
-    pub router: RewardModel,
-    /// The router's labels, in order; each has a model.
+    /// The router's labels, in order; each has a reward part.
     pub domains: Vec<String>,
-    pub models: BTreeMap<String, RewardModel>,
+    pub parts: RoutedParts,
+}
+
+/// What a routed method routes between.
+pub enum RoutedParts {
+    /// RODOS: a router model and a reward model per domain.
+    Models { router: RewardModel, models: BTreeMap<String, RewardModel> },
+    /// ARLISS: one frozen base carrying the router adapter and a reward adapter per domain.
+    Adapters {
+        model: RewardModel,
+        /// Domain → the name of its reward adapter in `model`.
+        adapters: BTreeMap<String, String>,
+        switching: Switching,
+    },
+}
+
+/// How ARLISS applies its reward adapters to a batch whose rows come from several domains.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum Switching {
+    /// One forward pass of the base with a reward adapter per row.
+    #[default]
+    OnePass,
+    /// As the paper did: activate one domain's adapter, score its rows, switch to the next.
+    Sequential,
+}
+
+impl Switching {
+    pub fn name(self) -> &'static str {
+        match self {
+            Switching::OnePass => "one_pass",
+            Switching::Sequential => "sequential",
+        }
+    }
 }
 
 /// Rewards, and for a routed scorer the domain each input was routed to.
@@ -65,17 +99,8 @@ impl Scorer {
             }
             Kind::More(model) => Ok(Scored { rewards: model.score(pairs, batch_size)?, domains: None }),
             Kind::Routed(routed) => {
-                // Each distinct prompt is routed once (a pair's two responses share their prompt).
-                let mut distinct: Vec<&str> = pairs.iter().map(|(p, _)| *p).collect();
-                distinct.sort_unstable();
-                distinct.dedup();
-                let picked = routed.route(&distinct, batch_size)?;
-                let domains: Vec<String> = pairs
-                    .iter()
-                    .map(|(p, _)| distinct.binary_search(p).map(|i| routed.domains[picked[i]].clone()))
-                    .collect::<std::result::Result<_, _>>()
-                    .map_err(|_| anyhow::anyhow!("a prompt lost while routing"))?;
-                Ok(Scored { rewards: routed.score_in(pairs, &domains, batch_size)?, domains: Some(domains) })
+                let (rewards, domains) = routed.score(pairs, batch_size)?;
+                Ok(Scored { rewards, domains: Some(domains) })
             }
         }
     }
@@ -92,28 +117,87 @@ impl Scorer {
 }
 
 impl Routed {
-    /// The domain index the router picks for each prompt.
-    pub fn route(&self, prompts: &[&str], batch_size: usize) -> Result<Vec<usize>> {
-        self.router.classify(prompts, batch_size)
+    /// Rewards with the router's choices, and the domain each pair was routed to. Each distinct prompt
+    /// is routed once (a pair's two responses share their prompt).
+    pub fn score(&self, pairs: &[(&str, &str)], batch_size: usize) -> Result<(Vec<f32>, Vec<String>)> {
+        let mut distinct: Vec<&str> = pairs.iter().map(|(p, _)| *p).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let picked = self.route(&distinct, batch_size)?;
+        let domains: Vec<String> = pairs
+            .iter()
+            .map(|(p, _)| distinct.binary_search(p).map(|i| self.domains[picked[i]].clone()))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| anyhow::anyhow!("a prompt lost while routing"))?;
+        Ok((self.score_in(pairs, &domains, batch_size)?, domains))
     }
 
-    /// Scores each row with its domain's model, the rows of one domain together in batches.
+    /// The domain index the router picks for each prompt.
+    pub fn route(&self, prompts: &[&str], batch_size: usize) -> Result<Vec<usize>> {
+        match &self.parts {
+            RoutedParts::Models { router, .. } => router.classify(prompts, batch_size, &Adapters::None),
+            RoutedParts::Adapters { model, .. } => {
+                model.classify(prompts, batch_size, &Adapters::One(ROUTER_ADAPTER.into()))
+            }
+        }
+    }
+
+    /// Scores each row with its domain's reward part: RODOS and sequential switching take the rows of
+    /// one domain together, in batches; one-pass ARLISS scores each batch, whatever its mix, in one
+    /// forward with a reward adapter per row.
     pub fn score_in(&self, pairs: &[(&str, &str)], domains: &[String], batch_size: usize) -> Result<Vec<f32>> {
+        if pairs.len() != domains.len() {
+            bail!("{} pairs with {} domains", pairs.len(), domains.len());
+        }
+        let unknown =
+            |domain: &str| anyhow::anyhow!("no reward model for domain `{domain}` (have: {})", self.domains.join(", "));
+        if let RoutedParts::Adapters { model, adapters, switching: Switching::OnePass } = &self.parts {
+            let names: Vec<Option<String>> = domains
+                .iter()
+                .map(|d| adapters.get(d).cloned().map(Some).ok_or_else(|| unknown(d)))
+                .collect::<Result<_>>()?;
+            let mut rewards = Vec::with_capacity(pairs.len());
+            for (chunk, names) in pairs.chunks(batch_size.max(1)).zip(names.chunks(batch_size.max(1))) {
+                let ctx = Ctx::eval().with_adapters(Adapters::PerRow(names.to_vec()));
+                rewards.extend(model.forward(&model.encode(chunk)?, &ctx)?.to_vec1::<f32>()?);
+            }
+            return Ok(rewards);
+        }
         let mut rewards = vec![f32::NAN; pairs.len()];
         let mut rows: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, d) in domains.iter().enumerate() {
             rows.entry(d.as_str()).or_default().push(i);
         }
         for (domain, rows) in rows {
-            let model = self.models.get(domain).with_context(|| {
-                format!("no reward model for domain `{domain}` (have: {})", self.domains.join(", "))
-            })?;
             let inputs: Vec<(&str, &str)> = rows.iter().map(|&i| pairs[i]).collect();
-            for (&i, r) in rows.iter().zip(model.score(&inputs, batch_size, &Adapters::None)?) {
+            let scored = match &self.parts {
+                RoutedParts::Models { models, .. } => {
+                    models.get(domain).ok_or_else(|| unknown(domain))?.score(&inputs, batch_size, &Adapters::None)?
+                }
+                RoutedParts::Adapters { model, adapters, .. } => {
+                    let name = adapters.get(domain).ok_or_else(|| unknown(domain))?;
+                    model.score(&inputs, batch_size, &Adapters::One(name.clone()))?
+                }
+            };
+            for (&i, r) in rows.iter().zip(scored) {
                 rewards[i] = r;
             }
         }
         Ok(rewards)
+    }
+
+    /// ARLISS: switch how reward adapters are applied (RODOS has nothing to switch).
+    pub fn set_switching(&mut self, mode: Switching) {
+        if let RoutedParts::Adapters { switching, .. } = &mut self.parts {
+            *switching = mode;
+        }
+    }
+
+    pub fn switching(&self) -> Option<Switching> {
+        match &self.parts {
+            RoutedParts::Adapters { switching, .. } => Some(*switching),
+            RoutedParts::Models { .. } => None,
+        }
     }
 }
 
@@ -126,6 +210,8 @@ pub struct ScoreOptions {
     pub max_length: Option<usize>,
     /// Default: the run's strategy, else `longest_first` (transformers' default).
     pub truncation: Option<Truncation>,
+    /// ARLISS: how reward adapters are applied to a mixed batch (default one pass).
+    pub switching: Option<Switching>,
 }
 
 /// Loads `dir` for scoring.
@@ -137,6 +223,9 @@ pub struct ScoreOptions {
 pub fn load_scorer(dir: &Path, opts: &LoadOptions, choice: &ScoreOptions) -> Result<Scorer> {
     let run = if dir.join("rmroute.json").is_file() { Some(RunMeta::read(dir)?) } else { None };
     if let Some(meta) = run.as_ref().filter(|m| m.method == Method::More.name()) {
+        if choice.switching.is_some() {
+            bail!("--switching applies to ARLISS runs; {} is a MoRE run", dir.display());
+        }
         if choice.adapter.is_some() {
             bail!("{} is a MoRE run: --adapter does not apply", dir.display());
         }
@@ -154,6 +243,9 @@ pub fn load_scorer(dir: &Path, opts: &LoadOptions, choice: &ScoreOptions) -> Res
         }
         let routed = load_routed(dir, meta, opts, choice)?;
         return Ok(Scorer { kind: Kind::Routed(routed), run });
+    }
+    if choice.switching.is_some() {
+        bail!("--switching applies to ARLISS runs; {} is not one", dir.display());
     }
     let adapters_dir = dir.join("adapters");
     let wanted = match choice.adapter.as_deref() {
@@ -208,11 +300,17 @@ pub fn load_scorer(dir: &Path, opts: &LoadOptions, choice: &ScoreOptions) -> Res
     Ok(Scorer { kind: Kind::Single { model, adapters }, run })
 }
 
-/// The router and every domain's reward model that a run's manifest names.
+/// The router and every domain's reward part that a run's manifest names: whole models (RODOS), or
+/// adapters loaded onto the base the run references (ARLISS).
 fn load_routed(dir: &Path, meta: &RunMeta, opts: &LoadOptions, choice: &ScoreOptions) -> Result<Routed> {
+    let adapters = meta.method == Method::Arliss.name();
+    if choice.switching.is_some() && !adapters {
+        bail!("--switching applies to ARLISS runs; {} is a `{}` run", dir.display(), meta.method);
+    }
     let part_dir = |part: &Part| -> Result<PathBuf> {
         let path = dir.join(&part.path);
-        if !path.join("config.json").is_file() {
+        let marker = if adapters { "adapter_config.json" } else { "config.json" };
+        if !path.join(marker).is_file() {
             bail!(
                 "{}/rmroute.json names part `{}` at {}, which is missing or incomplete (train it again with \
                  --resume, or restore the directory)",
@@ -232,6 +330,40 @@ fn load_routed(dir: &Path, meta: &RunMeta, opts: &LoadOptions, choice: &ScoreOpt
         .iter()
         .find(|p| p.role == Role::Router)
         .with_context(|| format!("{}/rmroute.json lists no router among its parts", dir.display()))?;
+    let reward_part = |domain: &String| {
+        meta.parts
+            .iter()
+            .find(|p| p.role == Role::Reward && p.domain.as_deref() == Some(domain.as_str()))
+            .with_context(|| format!("{}/rmroute.json has no reward part for domain `{domain}`", dir.display()))
+    };
+    if adapters {
+        let base = meta.base.as_ref().with_context(|| {
+            format!("{}/rmroute.json is an ARLISS run that does not say which base it adapts", dir.display())
+        })?;
+        let mut model = RewardModel::load(&base.locate()?, opts)?;
+        limits(&mut model);
+        model.load_adapter(&part_dir(router_part)?, ROUTER_ADAPTER, false)?;
+        let outputs = model.adapter(ROUTER_ADAPTER)?.head.outputs();
+        if outputs != meta.domains.len() {
+            bail!(
+                "the router adapter in {} chooses among {outputs} domains, the run has {} ({})",
+                router_part.path,
+                meta.domains.len(),
+                meta.domains.join(", ")
+            );
+        }
+        let mut names = BTreeMap::new();
+        for domain in &meta.domains {
+            let part = reward_part(domain)?;
+            model.load_adapter(&part_dir(part)?, &part.name, false)?;
+            names.insert(domain.clone(), part.name.clone());
+        }
+        let switching = choice.switching.unwrap_or_default();
+        return Ok(Routed {
+            domains: meta.domains.clone(),
+            parts: RoutedParts::Adapters { model, adapters: names, switching },
+        });
+    }
     let mut router = RewardModel::load(&part_dir(router_part)?, opts)?;
     limits(&mut router);
     if router.labels != meta.domains {
@@ -244,16 +376,11 @@ fn load_routed(dir: &Path, meta: &RunMeta, opts: &LoadOptions, choice: &ScoreOpt
     }
     let mut models = BTreeMap::new();
     for domain in &meta.domains {
-        let part =
-            meta.parts
-                .iter()
-                .find(|p| p.role == Role::Reward && p.domain.as_deref() == Some(domain.as_str()))
-                .with_context(|| format!("{}/rmroute.json has no reward model for domain `{domain}`", dir.display()))?;
-        let mut model = RewardModel::load(&part_dir(part)?, opts)?;
+        let mut model = RewardModel::load(&part_dir(reward_part(domain)?)?, opts)?;
         limits(&mut model);
         models.insert(domain.clone(), model);
     }
-    Ok(Routed { router, domains: meta.domains.clone(), models })
+    Ok(Routed { domains: meta.domains.clone(), parts: RoutedParts::Models { router, models } })
 }
 
 /// Where an `--adapter` lives.

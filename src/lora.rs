@@ -119,6 +119,12 @@ impl Adapter {
     pub fn delta_weight(&self) -> Result<Tensor> {
         self.b.matmul(&self.a)? * self.scale
     }
+
+    /// The adapter's change to a layer's output for input `x`: `scale·(x·Aᵀ)·Bᵀ`, scaled at rank `r`
+    /// where it costs least.
+    pub fn delta(&self, x: &Tensor) -> Result<Tensor> {
+        linear(&(linear(x, &self.a, None)? * self.scale)?, &self.b, None)
+    }
 }
 
 /// A linear layer with a frozen base weight and named LoRA adapters.
@@ -195,73 +201,48 @@ impl LoraLinear {
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let base = linear(x, &self.weight, self.bias.as_ref())?;
         match &ctx.adapters {
-            Adapters::None => Ok(base),
-            Adapters::One(name) => match self.adapters.get(name) {
-                Some(adapter) => {
-                    let x = ctx.dropout(x, adapter.dropout)?;
-                    base + (linear(&linear(&x, &adapter.a, None)?, &adapter.b, None)? * adapter.scale)?
-                }
-                None => Ok(base),
-            },
-            Adapters::PerRow(names) => base + self.per_row_delta(x, names, ctx)?,
+            Adapters::None => linear(x, &self.weight, self.bias.as_ref()),
+            Adapters::One(name) => self.forward_with(x, self.adapters.get(name), ctx),
+            Adapters::PerRow(names) => self.forward_per_row(x, names, ctx),
         }
     }
 
-    /// The adapter contribution when each batch row has its own adapter: the rows' `A` and `B` are
-    /// gathered from a stack of all adapters in use (ranks zero-padded to the largest), so the whole batch
-    /// is one batched matmul. Rows with no adapter (or one this layer lacks) get scale 0.
-    fn per_row_delta(&self, x: &Tensor, names: &[Option<String>], ctx: &Ctx) -> Result<Tensor> {
+    /// The layer with `adapter` (or none) on every row of `x`.
+    fn forward_with(&self, x: &Tensor, adapter: Option<&Adapter>, ctx: &Ctx) -> Result<Tensor> {
+        let base = linear(x, &self.weight, self.bias.as_ref())?;
+        match adapter {
+            Some(adapter) => base + adapter.delta(&ctx.dropout(x, adapter.dropout)?)?,
+            None => Ok(base),
+        }
+    }
+
+    /// Each batch row with its own adapter: the base layer runs on the whole batch as one matrix
+    /// product; then each run of consecutive rows with the same adapter goes through that adapter's
+    /// `A` and `B` together (callers group rows by adapter, so a batch of any mix costs about what one
+    /// adapter costs), and the runs' changes are joined back in order. Rows with no adapter (or one
+    /// this layer lacks) get none.
+    fn forward_per_row(&self, x: &Tensor, names: &[Option<String>], ctx: &Ctx) -> Result<Tensor> {
         let (batch, seq, _) = x.dims3()?;
         if names.len() != batch {
             candle_core::bail!("{} adapter names for a batch of {batch}", names.len());
         }
-        let used: Vec<&String> = {
-            let mut used: Vec<&String> =
-                names.iter().flatten().filter(|n| self.adapters.contains_key(n.as_str())).collect();
-            used.sort();
-            used.dedup();
-            used
-        };
-        if used.is_empty() {
-            return Tensor::zeros((batch, seq, self.out_dim()), x.dtype(), x.device());
+        if let Some(first) = names.first().filter(|first| names.iter().all(|n| n == *first)) {
+            return self.forward_with(x, first.as_deref().and_then(|n| self.adapters.get(n)), ctx);
         }
-        let max_rank = used.iter().map(|n| self.adapters[n.as_str()].a.dims()[0]).max().unwrap_or(0);
-        let mut a_stack = Vec::with_capacity(used.len());
-        let mut b_stack = Vec::with_capacity(used.len());
-        for name in &used {
-            let adapter = &self.adapters[name.as_str()];
-            let pad = max_rank - adapter.a.dims()[0];
-            a_stack.push(adapter.a.pad_with_zeros(0, 0, pad)?);
-            b_stack.push(adapter.b.pad_with_zeros(1, 0, pad)?);
+        let base = linear(x, &self.weight, self.bias.as_ref())?;
+        let mut deltas = Vec::new();
+        let mut start = 0;
+        while start < batch {
+            let name = names[start].as_deref();
+            let len = names[start..].iter().take_while(|n| n.as_deref() == name).count();
+            deltas.push(match name.and_then(|n| self.adapters.get(n)) {
+                Some(adapter) => adapter.delta(&ctx.dropout(&x.narrow(0, start, len)?, adapter.dropout)?)?,
+                None => Tensor::zeros((len, seq, self.out_dim()), x.dtype(), x.device())?,
+            });
+            start += len;
         }
-        let a_stack = Tensor::stack(&a_stack, 0)?; // (k, r, in)
-        let b_stack = Tensor::stack(&b_stack, 0)?; // (k, out, r)
-        let mut index = Vec::with_capacity(batch);
-        let mut scale = Vec::with_capacity(batch);
-        let mut dropout = 0f32;
-        for name in names {
-            match name.as_ref().and_then(|n| used.iter().position(|u| *u == n)) {
-                Some(i) => {
-                    let adapter = &self.adapters[used[i].as_str()];
-                    index.push(i as u32);
-                    scale.push(adapter.scale as f32);
-                    dropout = dropout.max(adapter.dropout);
-                }
-                None => {
-                    index.push(0);
-                    scale.push(0.0);
-                }
-            }
-        }
-        let index = Tensor::new(index, x.device())?;
-        let a_rows = a_stack.index_select(&index, 0)?; // (b, r, in)
-        let b_rows = b_stack.index_select(&index, 0)?; // (b, out, r)
-        let scale = Tensor::from_vec(scale, (batch, 1, 1), x.device())?.to_dtype(x.dtype())?;
-        let x = ctx.dropout(x, dropout)?;
-        let hidden = x.matmul(&a_rows.transpose(1, 2)?.contiguous()?)?;
-        hidden.matmul(&b_rows.transpose(1, 2)?.contiguous()?)?.broadcast_mul(&scale)
+        base + Tensor::cat(&deltas, 0)?
     }
 }
 

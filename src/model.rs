@@ -197,30 +197,52 @@ impl RewardModel {
                 }
             }
         }
+        if let Adapters::PerRow(names) = &ctx.adapters {
+            return self.forward_grouped(batch, names, ctx);
+        }
         let hidden = self.encoder.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, ctx)?;
         Ok(match &ctx.adapters {
-            Adapters::None => self.head.forward(&hidden, ctx)?,
             Adapters::One(name) => self.adapters[name].head.forward(&hidden, ctx)?,
-            Adapters::PerRow(names) => {
-                // Every head in use scores every row; each row keeps its own head's reward.
-                let mut picked: Option<Tensor> = None;
-                let mut heads: Vec<(Option<&String>, &RewardHead)> = vec![(None, &self.head)];
-                heads.extend(self.adapters.iter().map(|(n, a)| (Some(n), &a.head)));
-                for (name, head) in heads {
-                    let rows: Vec<f32> = names.iter().map(|n| f32::from(u8::from(n.as_ref() == name))).collect();
-                    if rows.iter().all(|&r| r == 0.0) {
-                        continue;
-                    }
-                    let select = Tensor::from_vec(rows, names.len(), &self.device)?;
-                    let part = (head.forward(&hidden, ctx)? * select)?;
-                    picked = Some(match picked {
-                        Some(sum) => (sum + part)?,
-                        None => part,
-                    });
-                }
-                picked.context("an empty batch")?
-            }
+            Adapters::None | Adapters::PerRow(_) => self.head.forward(&hidden, ctx)?,
         })
+    }
+
+    /// Rewards with an adapter (or none) per row. The rows are grouped by adapter first (a stable sort),
+    /// so every layer applies each adapter once, to one run of rows, and each run's head scores its
+    /// rows; the rewards go back to the batch's order.
+    fn forward_grouped(&self, batch: &Batch, names: &[Option<String>], ctx: &Ctx) -> Result<Tensor> {
+        let mut order: Vec<usize> = (0..names.len()).collect();
+        order.sort_by(|&a, &b| names[a].cmp(&names[b]));
+        let index = Tensor::from_vec(order.iter().map(|&i| i as u32).collect::<Vec<_>>(), order.len(), &self.device)?;
+        let grouped = Batch {
+            input_ids: batch.input_ids.index_select(&index, 0)?,
+            token_type_ids: batch.token_type_ids.index_select(&index, 0)?,
+            attention_mask: batch.attention_mask.index_select(&index, 0)?,
+            truncated: batch.truncated,
+        };
+        let sorted_names: Vec<Option<String>> = order.iter().map(|&i| names[i].clone()).collect();
+        let sorted = ctx.fork(Adapters::PerRow(sorted_names.clone()));
+        let hidden =
+            self.encoder.forward(&grouped.input_ids, &grouped.token_type_ids, &grouped.attention_mask, &sorted)?;
+        let mut rewards = Vec::new();
+        let mut start = 0;
+        while start < sorted_names.len() {
+            let name = &sorted_names[start];
+            let len = sorted_names[start..].iter().take_while(|n| *n == name).count();
+            let head = match name {
+                Some(name) => &self.adapter(name)?.head,
+                None => self.base_head()?,
+            };
+            rewards.push(head.forward(&hidden.narrow(0, start, len)?, &sorted)?);
+            start += len;
+        }
+        ctx.set_rng_state(sorted.rng_state());
+        let rewards = Tensor::cat(&rewards, 0)?;
+        let mut back = vec![0u32; order.len()];
+        for (position, &row) in order.iter().enumerate() {
+            back[row] = position as u32;
+        }
+        Ok(rewards.index_select(&Tensor::from_vec(back, order.len(), &self.device)?, 0)?)
     }
 
     /// Tokenizes prompts alone (a router never sees the response), truncated and padded.
@@ -228,18 +250,32 @@ impl RewardModel {
         self.tokens.encode_prompts(prompts, &self.device)
     }
 
-    /// Classifier logits `(batch, labels)` from the model's own head, for prompt-only batches.
+    /// Classifier logits `(batch, labels)` for prompt-only batches: from the model's own head, or with
+    /// one adapter in `ctx`, from that adapter and its head (a router adapter).
     pub fn logits(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
-        let head = self.base_head()?;
+        let head = match &ctx.adapters {
+            Adapters::None => self.base_head()?,
+            Adapters::One(name) => &self.adapter(name)?.head,
+            Adapters::PerRow(_) => bail!("classifier logits take one adapter for the whole batch"),
+        };
         let hidden = self.encoder.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, ctx)?;
         Ok(head.logits(&hidden, ctx)?)
     }
 
-    /// The most likely label of each prompt, in batches of `batch_size`, in evaluation mode.
-    pub fn classify(&self, prompts: &[&str], batch_size: usize) -> Result<Vec<usize>> {
+    /// Adapter `name`; an error naming the adapters there are.
+    pub fn adapter(&self, name: &str) -> Result<&AdapterEntry> {
+        self.adapters
+            .get(name)
+            .with_context(|| format!("no adapter named `{name}` (have: {})", self.adapter_names().join(", ")))
+    }
+
+    /// The most likely label of each prompt, in batches of `batch_size`, in evaluation mode, from the
+    /// model's own head or from the classifier adapter `adapters` names.
+    pub fn classify(&self, prompts: &[&str], batch_size: usize, adapters: &Adapters) -> Result<Vec<usize>> {
+        let ctx = Ctx::eval().with_adapters(adapters.clone());
         let mut out = Vec::with_capacity(prompts.len());
         for chunk in prompts.chunks(batch_size.max(1)) {
-            let logits = self.logits(&self.encode_prompts(chunk)?, &Ctx::eval())?;
+            let logits = self.logits(&self.encode_prompts(chunk)?, &ctx)?;
             out.extend(logits.argmax(1)?.to_vec1::<u32>()?.into_iter().map(|i| i as usize));
         }
         Ok(out)
@@ -260,14 +296,23 @@ impl RewardModel {
         self.adapters.keys().cloned().collect()
     }
 
-    /// Adds a new adapter (A ~ U(±1/√in), B = 0) and its own head, a copy of the model's head.
+    /// Adds a new adapter (A ~ U(±1/√in), B = 0) and its own reward head, a copy of the model's head.
     pub fn add_adapter(&mut self, name: &str, config: &LoraConfig, seed: u64) -> Result<()> {
+        self.add_classifier_adapter(name, config, seed, 1)
+    }
+
+    /// Adds a new adapter whose head has `outputs` outputs (a router adapter: one per domain). The
+    /// head's pooler starts as the model's; a classifier of another size starts from `seed`.
+    pub fn add_classifier_adapter(&mut self, name: &str, config: &LoraConfig, seed: u64, outputs: usize) -> Result<()> {
         let mut head_tensors = HashMap::new();
         for (key, t) in self.head_tensors() {
+            if key.starts_with("classifier.") && self.head.outputs() != outputs {
+                continue;
+            }
             head_tensors.insert(format!("{PEFT_PREFIX}.{key}"), t.detach());
         }
         let store = ParamStore::trainable(head_tensors, format!("adapter `{name}`"), seed);
-        self.attach_adapter(name, config, store)
+        self.attach_adapter(name, config, store, outputs)
     }
 
     /// Loads an adapter saved in PEFT's layout (`adapter_config.json`, `adapter_model.safetensors`).
@@ -294,12 +339,17 @@ impl RewardModel {
             }
         }
         let source = weights.display().to_string();
+        // A router adapter's classifier has one output per domain; a reward adapter's one.
+        let outputs = tensors
+            .get(&format!("{PEFT_PREFIX}.classifier.weight"))
+            .and_then(|w| w.dims().first().copied())
+            .unwrap_or(1);
         let store = if trainable {
             ParamStore::trainable(tensors, source, 0)
         } else {
             ParamStore::from_tensors(tensors, source, false)
         };
-        self.attach_adapter(name, &config, store.clone())
+        self.attach_adapter(name, &config, store.clone(), outputs)
             .with_context(|| format!("loading the adapter in {}", dir.display()))?;
         // Every tensor of the file must have found its place: LoRA weights for a layer rmroute does not
         // adapt (PEFT's `["dense"]` also catches the pooler) would otherwise be dropped without a word.
@@ -322,7 +372,13 @@ impl RewardModel {
         Ok(())
     }
 
-    fn attach_adapter(&mut self, name: &str, config: &LoraConfig, store: Arc<ParamStore>) -> Result<()> {
+    fn attach_adapter(
+        &mut self,
+        name: &str,
+        config: &LoraConfig,
+        store: Arc<ParamStore>,
+        outputs: usize,
+    ) -> Result<()> {
         if self.adapters.contains_key(name) {
             bail!("adapter `{name}` already exists");
         }
@@ -339,8 +395,8 @@ impl RewardModel {
         }
         let head_vb = vb.pp(PEFT_PREFIX);
         let head = match self.arch {
-            Arch::Bert => RewardHead::load_bert(head_vb, &serde_json::from_value(self.config.clone())?, 1)?,
-            Arch::Deberta => RewardHead::load_deberta(head_vb, &serde_json::from_value(self.config.clone())?, 1)?,
+            Arch::Bert => RewardHead::load_bert(head_vb, &serde_json::from_value(self.config.clone())?, outputs)?,
+            Arch::Deberta => RewardHead::load_deberta(head_vb, &serde_json::from_value(self.config.clone())?, outputs)?,
         };
         self.adapters.insert(name.to_string(), AdapterEntry { config: config.clone(), head, store });
         Ok(())
@@ -350,6 +406,14 @@ impl RewardModel {
     /// (`modules_to_save`), so reloading never loses the head. `target_modules` is written as a pattern
     /// matching exactly the adapted layers. The directory is written whole under a temporary name.
     pub fn save_adapter(&self, name: &str, dir: &Path, base_model: &str) -> Result<()> {
+        let staged = StagedDir::new(dir)?;
+        self.write_adapter(name, staged.path(), base_model)?;
+        staged.commit()?;
+        Ok(())
+    }
+
+    /// Writes adapter `name`'s files (PEFT layout) into `dir`, a directory being staged.
+    pub fn write_adapter(&self, name: &str, dir: &Path, base_model: &str) -> Result<()> {
         let entry = self.adapters.get(name).with_context(|| format!("no adapter named `{name}`"))?;
         let mut tensors = HashMap::new();
         let mut adapted = Vec::new();
@@ -379,10 +443,9 @@ impl RewardModel {
             "inference_mode": true,
             "init_lora_weights": true
         });
-        let staged = StagedDir::new(dir)?;
-        save_safetensors(&tensors, &staged.path().join("adapter_model.safetensors"))?;
-        write_atomic(&staged.path().join("adapter_config.json"), &serde_json::to_vec_pretty(&config)?)?;
-        staged.commit()?;
+        std::fs::create_dir_all(dir)?;
+        save_safetensors(&tensors, &dir.join("adapter_model.safetensors"))?;
+        write_atomic(&dir.join("adapter_config.json"), &serde_json::to_vec_pretty(&config)?)?;
         Ok(())
     }
 

@@ -47,6 +47,12 @@ impl Ctx {
         self
     }
 
+    /// The same kind of pass, drawing from a copy of this pass's dropout stream, with other adapters;
+    /// hand the stream back with [`Ctx::set_rng_state`] when done.
+    pub fn fork(&self, adapters: Adapters) -> Self {
+        Self { train: self.train, adapters, rng: RefCell::new(self.rng_state()) }
+    }
+
     /// The RNG's state, for checkpoints.
     pub fn rng_state(&self) -> StdRng {
         self.rng.borrow().clone()

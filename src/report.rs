@@ -182,6 +182,17 @@ pub fn routed_tables(runs: &[Results]) -> String {
     }
     md.push_str("\nParts: parameters and training time per epoch\n\n| Method | Backbone | Seed | Part | Parameters (M) | 1 epoch train time (s) |\n|---|---|---:|---|---:|---:|\n");
     for r in &routed {
+        // ARLISS's parts are adapters: the frozen base they share is counted once, beside them.
+        let shared = r.total_parameters.saturating_sub(r.parts.iter().map(|p| p.total_parameters).sum());
+        if shared > 0 {
+            md.push_str(&format!(
+                "| {} | {} | {} | base (frozen, shared) | {:.1} | - |\n",
+                r.method,
+                r.backbone,
+                r.seed,
+                shared as f64 / 1e6
+            ));
+        }
         for part in &r.parts {
             let (em, _) = mean_std(&part.epoch_seconds);
             md.push_str(&format!(
@@ -195,10 +206,34 @@ pub fn routed_tables(runs: &[Results]) -> String {
         }
     }
     for r in &routed {
+        if let Some(timings) = &r.switching {
+            md.push_str(&format!("\n{} ({}) seed {}: ", r.method, r.backbone, r.seed));
+            md.push_str(&switching_markdown(timings));
+            if let Some(memory) = &r.memory {
+                md.push_str(&format!(
+                    "\nResident memory: {:.1} MiB once loaded, {:.1} MiB peak\n",
+                    memory.loaded_bytes as f64 / 1048576.0,
+                    memory.peak_bytes as f64 / 1048576.0
+                ));
+            }
+        }
+    }
+    for r in &routed {
         if let Some(router) = &r.router {
             md.push_str(&format!("\n{} ({}) seed {}: ", r.method, r.backbone, r.seed));
             md.push_str(&confusion_markdown(router));
         }
+    }
+    md
+}
+
+/// ARLISS's inference with each way of switching adapters, on mixed-domain batches.
+pub fn switching_markdown(timings: &[crate::eval::SwitchingTiming]) -> String {
+    let mut md = String::from(
+        "Routed scoring of mixed-domain batches by switching mode\n\n| Switching | s per step (one input per domain) | pairs/s (32 per batch) |\n|---|---:|---:|\n",
+    );
+    for t in timings {
+        md.push_str(&format!("| {} | {:.4} | {:.1} |\n", t.mode.name(), t.seconds_per_step, t.pairs_per_second));
     }
     md
 }

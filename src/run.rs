@@ -8,9 +8,10 @@
 //! RUN_DIR/adapters/<name>/    LoRA adapters in PEFT layout, for the backbone (BaseLoRA: `default`)
 //! RUN_DIR/metrics.jsonl       one line per logging step
 //! RUN_DIR/checkpoint/         the last checkpoint, for --resume (gone once the run finishes)
-//! RUN_DIR/stages/<name>/      a run of several models (RODOS): each part trained as a stage, with its
-//!                             own checkpoint and metrics, a Hugging Face checkpoint and `stage.json`
-//!                             (its part and settings) once done; `rmroute.json` lists the parts
+//! RUN_DIR/stages/<name>/      a run of several models (RODOS, ARLISS): each part trained as a stage,
+//!                             with its own checkpoint and metrics, and once done a Hugging Face
+//!                             checkpoint (RODOS) or a PEFT adapter for the base (ARLISS) and
+//!                             `stage.json` (its part and settings); `rmroute.json` lists the parts
 //! RUN_DIR/results.json        written by `rmroute eval`
 //! ```
 //!
@@ -50,9 +51,13 @@ pub struct RunMeta {
     /// Adapters under `adapters/<name>/` (PEFT layout, for the backbone): name → what it is.
     #[serde(default)]
     pub adapters: BTreeMap<String, String>,
-    /// The parts of a run of several models (RODOS: a reward model per domain and the router).
+    /// The parts of a run of several models (RODOS: a reward model per domain and the router; ARLISS:
+    /// an adapter per domain and the router adapter).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<Part>,
+    /// The frozen base the parts are adapters for (ARLISS), referenced and fingerprinted, not copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<crate::base::BaseRef>,
 }
 
 /// What a part of a run is for.

@@ -26,6 +26,8 @@ fn results(method: &str, backbone: &str, seed: u64, hh: f64, oasst: f64, params:
         router: None,
         experts: None,
         parts: vec![],
+        switching: None,
+        memory: None,
     }
 }
 

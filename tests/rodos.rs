@@ -8,8 +8,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use rmroute::config::{Method, RodosConfig, RouterConfig, TrainConfig};
 use rmroute::eval::routed_results;
 use rmroute::load::{load_scorer, Kind, ScoreOptions};
@@ -17,38 +15,6 @@ use rmroute::methods::rodos::train_rodos;
 use rmroute::model::LoadOptions;
 use rmroute::train::objective::Balance;
 use rmroute::train::trainer::{RunOptions, StoppedEarly};
-
-/// Domain `name` with prompts from words `w{lo}..w{lo+12}`; the chosen response holds `good` where the
-/// rejected one holds `bad`. Domains with opposite markers make a misrouted pair scored wrong.
-#[allow(clippy::too_many_arguments)]
-fn write_domain(data: &Path, name: &str, lo: usize, (good, bad): (&str, &str), train: usize, test: usize, seed: u64) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut write = |split: &str, n: usize| {
-        let mut text = String::new();
-        for i in 0..n {
-            let prompt: Vec<String> = (0..4).map(|_| format!("w{}", rng.random_range(lo..lo + 12))).collect();
-            let body: Vec<String> = (0..4).map(|_| format!("w{}", rng.random_range(47..common::VOCAB))).collect();
-            let at = i % 4;
-            let (mut chosen, mut rejected) = (body.clone(), body);
-            chosen.insert(at, good.into());
-            rejected.insert(at, bad.into());
-            let record = serde_json::json!({"id": format!("{name}/{split}/{i}"), "domain": name, "prompt": prompt.join(" "),
-                "chosen": chosen.join(" "), "rejected": rejected.join(" ")});
-            text.push_str(&format!("{record}\n"));
-        }
-        std::fs::create_dir_all(data.join(name)).unwrap();
-        std::fs::write(data.join(name).join(format!("{split}.jsonl")), text).unwrap();
-    };
-    write("train", train);
-    write("test", test);
-}
-
-/// Three domains with names that are none of the paper's five.
-fn write_three_domains(data: &Path) {
-    write_domain(data, "alpha", 8, ("w5", "w6"), 64, 40, 1);
-    write_domain(data, "beta", 21, ("w6", "w5"), 64, 40, 2);
-    write_domain(data, "gamma", 34, ("w7", "w4"), 48, 40, 3);
-}
 
 fn config(backbone: &Path, data: &Path, out: &Path) -> TrainConfig {
     TrainConfig {
@@ -74,33 +40,16 @@ fn quiet() -> RunOptions {
     RunOptions { quiet: true, ..Default::default() }
 }
 
-/// Every file under `dir`, by relative path, with its bytes.
-fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.insert(path.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&path).unwrap());
-            }
-        }
-    }
-    out
-}
-
 /// The weights of a run's parts (metrics and stage records hold timings, which differ run to run).
 fn weights(run: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    files(&run.join("stages")).into_iter().filter(|(p, _)| p.ends_with("model.safetensors")).collect()
+    common::files(&run.join("stages")).into_iter().filter(|(p, _)| p.ends_with("model.safetensors")).collect()
 }
 
 #[test]
 fn the_router_learns_the_domains_and_routing_costs_nothing() {
     let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     common::write_tiny_bert(base.path(), 1, true, false);
-    write_three_domains(data.path());
+    common::write_three_domains(data.path());
     let run = train_rodos(
         &config(base.path(), data.path(), &out.path().join("run")),
         candle_core::Device::Cpu,
@@ -152,12 +101,12 @@ fn the_router_learns_the_domains_and_routing_costs_nothing() {
 fn adding_a_domain_trains_only_its_model_and_the_router() {
     let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     common::write_tiny_bert(base.path(), 1, true, false);
-    write_three_domains(data.path());
+    common::write_three_domains(data.path());
     let mut cfg = config(base.path(), data.path(), &out.path().join("run"));
     cfg.domains = vec!["alpha".into(), "beta".into()];
     let run = train_rodos(&cfg, candle_core::Device::Cpu, &quiet(), None).unwrap();
     let before: BTreeMap<PathBuf, Vec<u8>> =
-        files(&run.join("stages")).into_iter().filter(|(p, _)| !p.starts_with("router")).collect();
+        common::files(&run.join("stages")).into_iter().filter(|(p, _)| !p.starts_with("router")).collect();
     assert!(before.len() >= 8, "{:?}", before.keys().collect::<Vec<_>>());
 
     let again = train_rodos(&cfg, candle_core::Device::Cpu, &quiet(), Some("alpha")).unwrap_err().to_string();
@@ -178,7 +127,7 @@ fn adding_a_domain_trains_only_its_model_and_the_router() {
     let resume = RunOptions { quiet: true, resume: true, ..Default::default() };
     train_rodos(&cfg, candle_core::Device::Cpu, &resume, Some("gamma")).unwrap();
     assert!(!run.join("stages/router").exists(), "the old router goes once the new one is in place");
-    let after = files(&run.join("stages"));
+    let after = common::files(&run.join("stages"));
     for (path, bytes) in &before {
         assert!(after.get(path) == Some(bytes), "{} changed", path.display());
     }
@@ -196,7 +145,7 @@ fn adding_a_domain_trains_only_its_model_and_the_router() {
 fn a_run_killed_in_the_second_domain_resumes_to_the_same_files() {
     let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     common::write_tiny_bert(base.path(), 1, true, false);
-    write_three_domains(data.path());
+    common::write_three_domains(data.path());
     let mut cfg = config(base.path(), data.path(), &out.path().join("whole"));
     cfg.epochs = 2;
     let whole = train_rodos(&cfg, candle_core::Device::Cpu, &quiet(), None).unwrap();
@@ -231,8 +180,8 @@ fn a_run_killed_in_the_second_domain_resumes_to_the_same_files() {
 fn train_rodos_eval_and_report_from_the_command_line() {
     let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     common::write_tiny_bert(base.path(), 1, true, false);
-    write_domain(data.path(), "code", 8, ("w5", "w6"), 32, 16, 1);
-    write_domain(data.path(), "math", 21, ("w6", "w5"), 32, 16, 2);
+    common::write_domain(data.path(), "code", 8, ("w5", "w6"), 32, 16, 1);
+    common::write_domain(data.path(), "math", 21, ("w6", "w5"), 32, 16, 2);
     let run = out.path().join("run");
     let mut cfg = serde_json::to_value(config(base.path(), data.path(), &run)).unwrap();
     cfg["epochs"] = 2.into();
@@ -278,14 +227,14 @@ fn class_weights_balance_the_domains_and_sampling_draws_them_evenly() {
     // 6 : 3 : 1 examples
     let labels: Vec<usize> = [vec![0; 6], vec![1; 3], vec![2; 1]].concat();
     let prompts: Vec<String> = (0..labels.len()).map(|i| format!("w{}", 8 + i)).collect();
-    let weighted = DomainClassification::new(&model, &prompts, &labels, Balance::ClassWeights);
+    let weighted = DomainClassification::new(&model, None, &prompts, &labels, Balance::ClassWeights).unwrap();
     let want = [10.0 / 18.0, 10.0 / 9.0, 10.0 / 3.0];
     for (got, want) in weighted.class_weights.iter().zip(want) {
         assert!((got - want as f32).abs() < 1e-6, "{:?}", weighted.class_weights);
     }
-    let plain = DomainClassification::new(&model, &prompts, &labels, Balance::None);
+    let plain = DomainClassification::new(&model, None, &prompts, &labels, Balance::None).unwrap();
     assert_eq!(plain.class_weights, [1.0, 1.0, 1.0]);
-    let sampled = DomainClassification::new(&model, &prompts, &labels, Balance::Sampling);
+    let sampled = DomainClassification::new(&model, None, &prompts, &labels, Balance::Sampling).unwrap();
     let mut counts = [0usize; 3];
     for seed in 0..300 {
         for i in sampled.epoch_order(seed) {

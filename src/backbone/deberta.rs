@@ -309,29 +309,39 @@ impl Deberta {
         let scale = ((d * scale_factor) as f32).sqrt() as f64;
         let mut scores = q.matmul(&(k.t()? / scale)?)?;
         if let Some((table, c2p_index, p2c_index)) = rel {
-            let table = ctx.dropout(table, cfg.hidden_dropout_prob)?;
-            // Per-row adapters change the position projections per row too, so project once per row then.
-            let rows = if matches!(ctx.adapters, Adapters::PerRow(_)) { batch } else { 1 };
-            let table = table.unsqueeze(0)?.broadcast_as((rows, table.dim(0)?, table.dim(1)?))?.contiguous()?;
-            let repeat = |t: Tensor| -> Result<Tensor> {
-                if rows == batch {
-                    Ok(t)
-                } else {
+            let table = ctx.dropout(table, cfg.hidden_dropout_prob)?.unsqueeze(0)?;
+            // The position projection for every row, `(batch·heads, 2·span, d)`: computed once for the
+            // whole batch, or with per-row adapters once per run of rows sharing an adapter.
+            let project = |proj: &LoraLinear| -> Result<Tensor> {
+                let spread = |t: Tensor, rows: usize| -> Result<Tensor> {
                     let (_, n, d) = t.dims3()?;
-                    t.unsqueeze(0)?.broadcast_as((batch, heads, n, d))?.reshape((batch * heads, n, d))
+                    t.unsqueeze(0)?.broadcast_as((rows, heads, n, d))?.reshape((rows * heads, n, d))
+                };
+                let Adapters::PerRow(names) = &ctx.adapters else {
+                    return spread(split(proj.forward(&table, ctx)?)?, batch);
+                };
+                let mut runs = Vec::new();
+                let mut start = 0;
+                while start < names.len() {
+                    let len = names[start..].iter().take_while(|n| *n == &names[start]).count();
+                    let one = ctx.fork(names[start].clone().map(Adapters::One).unwrap_or_default());
+                    runs.push(spread(split(proj.forward(&table, &one)?)?, len)?);
+                    ctx.set_rng_state(one.rng_state());
+                    start += len;
                 }
+                Tensor::cat(&runs, 0)
             };
             let bh = batch * heads;
             if cfg.c2p() {
                 let proj = layer.pos_key.as_ref().unwrap_or(&layer.key);
-                let pos_key = repeat(split(proj.forward(&table, ctx)?)?)?;
+                let pos_key = project(proj)?;
                 let c2p = q.matmul(&pos_key.t()?)?; // (bh, seq, 2·span)
                 let index = c2p_index.broadcast_as((bh, seq, seq))?.contiguous()?;
                 scores = (scores + (c2p.contiguous()?.gather(&index, D::Minus1)? / scale)?)?;
             }
             if cfg.p2c() {
                 let proj = layer.pos_query.as_ref().unwrap_or(&layer.query);
-                let pos_query = repeat(split(proj.forward(&table, ctx)?)?)?;
+                let pos_query = project(proj)?;
                 let p2c = k.matmul(&pos_query.t()?)?; // (bh, seq, 2·span)
                 let index = p2c_index.broadcast_as((bh, seq, seq))?.contiguous()?;
                 let p2c = p2c.contiguous()?.gather(&index, D::Minus1)?.transpose(1, 2)?;

@@ -6,8 +6,11 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use rmroute::data::io::write_atomic;
-use rmroute::eval::{accuracy_by_domain, expert_shares, routed_results, seconds_per_step, test_pairs, Results};
-use rmroute::load::{load_scorer, ScoreOptions};
+use rmroute::eval::{
+    accuracy_by_domain, expert_shares, resident_memory, routed_results, seconds_per_step, switching_timings,
+    test_pairs, Memory, Results,
+};
+use rmroute::load::{load_scorer, Kind, ScoreOptions};
 use rmroute::model::LoadOptions;
 use rmroute::train::trainer::resolve_domains;
 
@@ -34,7 +37,8 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let opts = LoadOptions { device: super::device(&args.device)?, ..Default::default() };
-    let scorer = load_scorer(&args.model, &opts, &ScoreOptions::default())?;
+    let mut scorer = load_scorer(&args.model, &opts, &ScoreOptions::default())?;
+    let loaded = resident_memory();
     let Some(meta) = scorer.run.clone() else {
         bail!(
             "{} is not an rmroute run directory (no rmroute.json): `eval` evaluates what a `train-*` wrote; \
@@ -59,6 +63,17 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let inputs: Vec<(&str, &str)> = samples.iter().map(|p| (p.prompt.as_str(), p.chosen.as_str())).collect();
     let step = seconds_per_step(&scorer, &inputs, 40)?;
+    // ARLISS: mixed-domain batches, one pass with an adapter per row against switching adapters.
+    let switches = matches!(&scorer.kind, Kind::Routed(r) if r.switching().is_some());
+    let mut mixed = Vec::new();
+    for d in domains.iter().filter(|_| switches) {
+        mixed.push(test_pairs(&args.data, d, Some(64), seed)?);
+    }
+    let switching = if switches { switching_timings(&mut scorer, &mixed)? } else { None };
+    let memory = match (loaded, resident_memory()) {
+        (Some((loaded_bytes, _)), Some((_, peak_bytes))) => Some(Memory { loaded_bytes, peak_bytes }),
+        _ => None,
+    };
     let mean = by_domain.values().map(|r| r.accuracy).sum::<f64>() / by_domain.len().max(1) as f64;
     let results = Results {
         method: meta.method.clone(),
@@ -78,6 +93,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         router: routed.map(|r| r.router),
         experts,
         parts: meta.parts.clone(),
+        switching,
+        memory,
     };
     match (&results.oracle, &results.router) {
         (Some(oracle), Some(router)) => {
@@ -105,6 +122,17 @@ pub fn run(args: EvalArgs) -> Result<()> {
         println!("\n{}", rmroute::report::experts_markdown(shares));
     }
     println!("{:.4} s per step (one input), {:.1} pairs/s at batch 32", step, pairs_per_second);
+    if let Some(timings) = &results.switching {
+        println!("\n{}", rmroute::report::switching_markdown(timings));
+    }
+    if let Some(memory) = &results.memory {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        println!(
+            "resident memory: {:.1} MiB once loaded, {:.1} MiB peak",
+            mib(memory.loaded_bytes),
+            mib(memory.peak_bytes)
+        );
+    }
     let out = args.out.unwrap_or_else(|| args.model.join("results.json"));
     write_atomic(&out, &serde_json::to_vec_pretty(&results)?)?;
     println!("wrote {}", out.display());

@@ -11,7 +11,7 @@ use rmroute::backbone::resolve_model_dir;
 use rmroute::data::error::At;
 use rmroute::data::io::{read_lines, write_atomic};
 use rmroute::encoding::Truncation;
-use rmroute::load::{load_scorer, ScoreOptions};
+use rmroute::load::{load_scorer, ScoreOptions, Switching};
 use rmroute::model::LoadOptions;
 
 use super::device;
@@ -40,6 +40,10 @@ pub struct ScoreArgs {
     /// How longer pairs are cut (default: the run's strategy, else longest_first as transformers does).
     #[arg(long, value_enum)]
     pub truncation: Option<Truncation>,
+    /// ARLISS: score a batch of mixed domains in one pass with a reward adapter per row (one_pass,
+    /// the default), or one domain's rows at a time, switching adapters between them (sequential).
+    #[arg(long, value_enum)]
+    pub switching: Option<Switching>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -91,8 +95,12 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     }
     let dir = resolve_model_dir(&args.model)?;
     let opts = LoadOptions { device: device(&args.device)?, ..Default::default() };
-    let choice =
-        ScoreOptions { adapter: args.adapter.clone(), max_length: args.max_length, truncation: args.truncation };
+    let choice = ScoreOptions {
+        adapter: args.adapter.clone(),
+        max_length: args.max_length,
+        truncation: args.truncation,
+        switching: args.switching,
+    };
     let scorer =
         load_scorer(&dir, &opts, &choice).with_context(|| format!("loading the model in {}", dir.display()))?;
     let items = read_items(&args.input)?;

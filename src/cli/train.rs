@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use rmroute::config::TrainConfig;
+use rmroute::methods::arliss::train_arliss;
 use rmroute::methods::baseline::train_baseline;
 use rmroute::methods::more::train_more;
 use rmroute::methods::rodos::train_rodos;
@@ -83,17 +84,25 @@ pub fn run_baseline(args: TrainArgs) -> Result<()> {
 }
 
 #[derive(Debug, Args)]
-pub struct RodosArgs {
+pub struct RoutedArgs {
     #[command(flatten)]
     pub common: TrainArgs,
-    /// Extend the finished RODOS run in the run directory by this domain (its data from the config's
-    /// `data` or --data): trains its reward model and retrains the router; the other reward models'
-    /// files are not touched.
+    /// Extend the finished run in the run directory by this domain (its data from the config's `data`
+    /// or --data): trains its reward model (ARLISS: its adapter) and retrains the router; the other
+    /// domains' files are not touched.
     #[arg(long)]
     pub add_domain: Option<String>,
 }
 
-pub fn run_rodos(args: RodosArgs) -> Result<()> {
+pub fn run_arliss(args: RoutedArgs) -> Result<()> {
+    let cfg = args.common.config()?;
+    let device = super::device(&cfg.device)?;
+    let out = train_arliss(&cfg, device, &args.common.options(), args.add_domain.as_deref())?;
+    println!("trained arliss → {}", out.display());
+    Ok(())
+}
+
+pub fn run_rodos(args: RoutedArgs) -> Result<()> {
     let cfg = args.common.config()?;
     let device = super::device(&cfg.device)?;
     let out = train_rodos(&cfg, device, &args.common.options(), args.add_domain.as_deref())?;

@@ -26,7 +26,7 @@ pub fn train_baseline(cfg: &TrainConfig, device: candle_core::Device, opts: &Run
     }
     let (domains, pairs) = load_train_pairs(cfg)?;
     let check_out = |out: &Path| prepare_run_dir(out, opts.resume, opts.force);
-    train_reward_model(cfg, &pairs, &domains, device, &cfg.out, opts, &check_out, |staged, model| {
+    train_reward_model(cfg, &pairs, &domains, device, &cfg.out, opts, Keep::Model, &check_out, |staged, model| {
         RunMeta {
             method: cfg.method().into(),
             domains: domains.clone(),
@@ -44,6 +44,7 @@ pub fn train_baseline(cfg: &TrainConfig, device: candle_core::Device, opts: &Run
             model: model.description.clone(),
             adapters: model.adapters.clone(),
             parts: vec![],
+            base: None,
         }
         .write(staged)
     })?;
@@ -60,10 +61,21 @@ pub struct TrainedModel {
     pub adapters: BTreeMap<String, String>,
 }
 
+/// What a finished part of a run keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep<'a> {
+    /// A Hugging Face checkpoint (with a LoRA config: the adapter merged in, and the adapter itself
+    /// under `adapters/default/`).
+    Model,
+    /// Only the LoRA adapter and its head, in PEFT layout at the directory's top level, named so in
+    /// memory (ARLISS: the frozen backbone is referenced, never copied).
+    Adapter(&'a str),
+}
+
 /// Trains one reward model on `pairs` (full fine-tuning, or an adapter when the config has `lora`)
-/// into `out`: training keeps its checkpoint and metrics there; the finished model (a Hugging Face
-/// checkpoint, the adapter in PEFT layout, the metrics, and whatever `finish` writes) is staged whole
-/// and swapped in. `check_out` runs once the backbone and data are known to load.
+/// into `out`: training keeps its checkpoint and metrics there; the finished model (what `keep` says,
+/// the metrics, and whatever `finish` writes) is staged whole and swapped in. `check_out` runs once the
+/// backbone and data are known to load.
 #[allow(clippy::too_many_arguments)]
 pub fn train_reward_model(
     cfg: &TrainConfig,
@@ -72,9 +84,13 @@ pub fn train_reward_model(
     device: candle_core::Device,
     out: &Path,
     opts: &RunOptions,
+    keep: Keep,
     check_out: &dyn Fn(&Path) -> Result<()>,
     finish: impl FnOnce(&Path, &TrainedModel) -> Result<()>,
 ) -> Result<TrainedModel> {
+    if matches!(keep, Keep::Adapter(_)) && cfg.lora.is_none() {
+        bail!("an adapter-only reward model needs the config's `lora` section");
+    }
     let backbone_dir = resolve_model_dir(&cfg.backbone)?;
     let load = LoadOptions { device, train_encoder: cfg.lora.is_none(), seed: cfg.seed, new_head: true, labels: None };
     let mut model = RewardModel::load(&backbone_dir, &load)
@@ -88,10 +104,14 @@ pub fn train_reward_model(
             cfg.seed
         );
     }
+    let name = match keep {
+        Keep::Model => ADAPTER,
+        Keep::Adapter(name) => name,
+    };
     let adapter = match &cfg.lora {
         Some(lora) => {
-            model.add_adapter(ADAPTER, lora, cfg.seed)?;
-            Some(ADAPTER)
+            model.add_adapter(name, lora, cfg.seed)?;
+            Some(name)
         }
         None => None,
     };
@@ -114,8 +134,21 @@ pub fn train_reward_model(
     let staged = StagedDir::new(out)?;
     std::fs::copy(out.join("metrics.jsonl"), staged.path().join("metrics.jsonl"))?;
     let mut adapters = BTreeMap::new();
-    let (total, description) = match adapter {
-        Some(name) => {
+    let (total, description) = match (keep, adapter) {
+        (Keep::Adapter(name), _) => {
+            model.write_adapter(name, staged.path(), &cfg.backbone)?;
+            let result = TrainedModel {
+                trained,
+                total_parameters: model.adapter_parameter_count(name),
+                trainable_parameters: trainable,
+                description: format!("LoRA reward adapter `{name}` and its head for the backbone `{}`", cfg.backbone),
+                adapters,
+            };
+            finish(staged.path(), &result)?;
+            staged.commit()?;
+            return Ok(result);
+        }
+        (Keep::Model, Some(name)) => {
             let total = model.encoder_parameter_count() + model.adapter_parameter_count(name);
             model.save_adapter(name, &staged.path().join("adapters").join(name), &cfg.backbone)?;
             adapters.insert(
@@ -125,7 +158,7 @@ pub fn train_reward_model(
             model.merge_adapter(name)?;
             (total, format!("the backbone with adapter `{name}` merged in, and its reward head"))
         }
-        None => (model.parameter_count(), "the fine-tuned reward model (encoder and head)".to_string()),
+        (Keep::Model, None) => (model.parameter_count(), "the fine-tuned reward model (encoder and head)".to_string()),
     };
     model.write_pretrained(staged.path())?;
     let result =

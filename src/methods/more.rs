@@ -201,6 +201,7 @@ pub fn train_more(cfg: &TrainConfig, device: candle_core::Device, opts: &RunOpti
         ),
         adapters: BTreeMap::new(),
         parts: vec![],
+        base: None,
     }
     .write(staged.path())?;
     staged.commit()?;

@@ -92,6 +92,8 @@ pub enum Balance {
 /// Routing: cross-entropy of a classifier over domains, on prompts alone.
 pub struct DomainClassification<'a> {
     pub model: &'a RewardModel,
+    /// The router adapter being trained (ARLISS), or none for the encoder and base head (RODOS).
+    pub adapter: Option<&'a str>,
     pub prompts: &'a [String],
     /// The domain index of each prompt.
     pub labels: &'a [usize],
@@ -101,8 +103,21 @@ pub struct DomainClassification<'a> {
 }
 
 impl<'a> DomainClassification<'a> {
-    pub fn new(model: &'a RewardModel, prompts: &'a [String], labels: &'a [usize], balance: Balance) -> Self {
-        let domains = model.labels.len();
+    /// `domains` classes (the head's outputs), labelled `0..domains` in `labels`.
+    pub fn new(
+        model: &'a RewardModel,
+        adapter: Option<&'a str>,
+        prompts: &'a [String],
+        labels: &'a [usize],
+        balance: Balance,
+    ) -> Result<Self> {
+        let domains = match adapter {
+            Some(name) => model.adapter(name)?.head.outputs(),
+            None => model.labels.len(),
+        };
+        if let Some(&bad) = labels.iter().find(|&&l| l >= domains) {
+            anyhow::bail!("domain label {bad} for a classifier over {domains} domains");
+        }
         let mut counts = vec![0usize; domains];
         for &l in labels {
             counts[l] += 1;
@@ -114,13 +129,13 @@ impl<'a> DomainClassification<'a> {
                 _ => 1.0,
             })
             .collect();
-        Self { model, prompts, labels, balance, class_weights }
+        Ok(Self { model, adapter, prompts, labels, balance, class_weights })
     }
 }
 
 impl Objective for DomainClassification<'_> {
     fn vars(&self) -> Vec<(String, Var)> {
-        self.model.trainable_vars(&[])
+        self.model.trainable_vars(&self.adapter.into_iter().collect::<Vec<_>>())
     }
 
     fn examples(&self) -> usize {
@@ -131,7 +146,8 @@ impl Objective for DomainClassification<'_> {
         let prompts: Vec<&str> = batch.iter().map(|&i| self.prompts[i].as_str()).collect();
         let labels: Vec<usize> = batch.iter().map(|&i| self.labels[i]).collect();
         let encoded = self.model.encode_prompts(&prompts)?;
-        let logits = self.model.logits(&encoded, &ctx)?;
+        let adapters = self.adapter.map(|a| Adapters::One(a.to_string())).unwrap_or_default();
+        let logits = self.model.logits(&encoded, &ctx.with_adapters(adapters))?;
         let loss = cross_entropy(&logits, &labels, &self.class_weights)?;
         let predicted: Vec<usize> = logits.argmax(1)?.to_vec1::<u32>()?.into_iter().map(|i| i as usize).collect();
         Ok(MicroBatch { loss, correct: classification_correct(&predicted, &labels), truncated: encoded.truncated })
@@ -144,7 +160,7 @@ impl Objective for DomainClassification<'_> {
             order.shuffle(&mut rng);
             return order;
         }
-        let mut by_domain: Vec<Vec<usize>> = vec![Vec::new(); self.model.labels.len()];
+        let mut by_domain: Vec<Vec<usize>> = vec![Vec::new(); self.class_weights.len()];
         for (i, &l) in self.labels.iter().enumerate() {
             by_domain[l].push(i);
         }

@@ -2,7 +2,7 @@
 //! written from Rust.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -191,4 +191,61 @@ fn write_checkpoint(dir: &Path, tensors: &HashMap<String, Tensor>, config: &serd
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
+
+/// Domain `name` with prompts from words `w{lo}..w{lo+12}`; the chosen response holds `good` where the
+/// rejected one holds `bad`. Domains with opposite markers make a misrouted pair scored wrong.
+#[allow(clippy::too_many_arguments)]
+pub fn write_domain(
+    data: &Path,
+    name: &str,
+    lo: usize,
+    (good, bad): (&str, &str),
+    train: usize,
+    test: usize,
+    seed: u64,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut write = |split: &str, n: usize| {
+        let mut text = String::new();
+        for i in 0..n {
+            let prompt: Vec<String> = (0..4).map(|_| format!("w{}", rng.random_range(lo..lo + 12))).collect();
+            let body: Vec<String> = (0..4).map(|_| format!("w{}", rng.random_range(47..VOCAB))).collect();
+            let at = i % 4;
+            let (mut chosen, mut rejected) = (body.clone(), body);
+            chosen.insert(at, good.into());
+            rejected.insert(at, bad.into());
+            let record = serde_json::json!({"id": format!("{name}/{split}/{i}"), "domain": name, "prompt": prompt.join(" "),
+                "chosen": chosen.join(" "), "rejected": rejected.join(" ")});
+            text.push_str(&format!("{record}\n"));
+        }
+        std::fs::create_dir_all(data.join(name)).unwrap();
+        std::fs::write(data.join(name).join(format!("{split}.jsonl")), text).unwrap();
+    };
+    write("train", train);
+    write("test", test);
+}
+
+/// Three domains with names that are none of the paper's five.
+pub fn write_three_domains(data: &Path) {
+    write_domain(data, "alpha", 8, ("w5", "w6"), 64, 40, 1);
+    write_domain(data, "beta", 21, ("w6", "w5"), 64, 40, 2);
+    write_domain(data, "gamma", 34, ("w7", "w4"), 48, 40, 3);
+}
+
+/// Every file under `dir`, by relative path, with its bytes.
+pub fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.insert(path.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
 }
