@@ -19,4 +19,5 @@ pub mod nn;
 pub mod plot;
 pub mod report;
 pub mod run;
+pub mod serve;
 pub mod train;

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::backbone::resolve_model_dir;
 use crate::config::Method;
-use crate::encoding::Truncation;
+use crate::encoding::{PairEncoder, Truncation};
 use crate::methods::more::MoreModel;
 use crate::methods::routed::ROUTER_ADAPTER;
 use crate::model::{LoadOptions, RewardModel};
@@ -89,6 +89,28 @@ impl Scorer {
             Kind::Single { model, adapters } => Some((model, adapters)),
             Kind::Routed(_) | Kind::More(_) => None,
         }
+    }
+
+    /// The tokenizer with the length limit and truncation inputs are encoded with.
+    pub fn tokens(&self) -> &PairEncoder {
+        match &self.kind {
+            Kind::Single { model, .. } => &model.tokens,
+            Kind::More(model) => &model.encoder.tokens,
+            Kind::Routed(routed) => match &routed.parts {
+                RoutedParts::Models { router, .. } => &router.tokens,
+                RoutedParts::Adapters { model, .. } => &model.tokens,
+            },
+        }
+    }
+
+    /// Longest input in tokens.
+    pub fn max_length(&self) -> usize {
+        self.tokens().max_length
+    }
+
+    /// How longer inputs are cut.
+    pub fn truncation(&self) -> Truncation {
+        self.tokens().truncation
     }
 
     /// Rewards for `(prompt, response)` pairs, in batches of `batch_size`.

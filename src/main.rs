@@ -36,12 +36,15 @@ enum Command {
     Report(cli::report::ReportArgs),
     /// Score pairs or responses with a reward model; one JSON line of rewards per input line.
     Score(cli::score::ScoreArgs),
+    /// Serve rewards over HTTP (OpenRLHF's `/get_reward`, `/score`, `/health`, `/info`).
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Prepare(args) => cli::prepare::run(args),
         Command::Score(args) => cli::score::run(args),
+        Command::Serve(args) => cli::serve::run(args),
         Command::TrainBaseline(args) => cli::train::run_baseline(args),
         Command::TrainRodos(args) => cli::train::run_rodos(args),
         Command::TrainArliss(args) => cli::train::run_arliss(args),

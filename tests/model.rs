@@ -256,6 +256,32 @@ fn per_row_adapters_in_the_full_model_equal_each_row_alone() {
 }
 
 #[test]
+fn per_row_training_passes_draw_the_same_dropout_as_one_adapter() {
+    // Rows all with one adapter, in training mode: the grouped per-row pass must draw the same dropout
+    // masks, in the same order, as the one-adapter pass, and leave the stream where it would.
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_deberta(dir.path(), 7, &common::TinyDeberta::default());
+    let mut model = RewardModel::load(dir.path(), &LoadOptions::default()).unwrap();
+    model.add_adapter("a", &lora(), 2).unwrap();
+    perturb_adapter(&model, "a");
+    let pairs: Vec<(&str, &str)> = PAIRS.iter().map(|(p, c, _)| (*p, *c)).collect();
+    let batch = model.encode(&pairs).unwrap();
+    let one = Ctx::train(11).with_adapters(Adapters::One("a".into()));
+    let per_row = Ctx::train(11).with_adapters(Adapters::PerRow(vec![Some("a".into()); pairs.len()]));
+    let (x, y) = (model.forward(&batch, &one).unwrap(), model.forward(&batch, &per_row).unwrap());
+    assert_eq!(common::max_abs_diff(&x, &y), 0.0);
+    assert!(
+        common::max_abs_diff(
+            &x,
+            &model.forward(&batch, &Ctx::train(12).with_adapters(Adapters::One("a".into()))).unwrap()
+        ) > 0.0,
+        "dropout is on"
+    );
+    let (x, y) = (model.forward(&batch, &one).unwrap(), model.forward(&batch, &per_row).unwrap());
+    assert_eq!(common::max_abs_diff(&x, &y), 0.0, "the second pass of each continues the same stream");
+}
+
+#[test]
 fn a_missing_tensor_is_named() {
     let dir = tempfile::tempdir().unwrap();
     common::write_tiny_deberta(dir.path(), 1, &common::TinyDeberta::default());

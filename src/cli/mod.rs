@@ -4,6 +4,7 @@ pub mod eval;
 pub mod prepare;
 pub mod report;
 pub mod score;
+pub mod serve;
 pub mod train;
 
 use anyhow::{bail, Result};
