@@ -4,9 +4,7 @@ mod common;
 
 use std::process::Command;
 
-fn rmroute(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_rmroute")).args(args).env("RUST_BACKTRACE", "0").output().unwrap()
-}
+use common::rmroute;
 
 #[test]
 fn score_writes_one_line_per_record_for_pairs_and_single_responses() {

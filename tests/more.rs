@@ -271,12 +271,7 @@ fn train_more_eval_and_report_from_the_command_line() {
         "epochs": 1, "batch_size": 16, "lr": 1e-3, "max_length": 32, "more": {"top_k": 1}});
     let cfg_path = out.path().join("more.json");
     std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
-    let rmroute =
-        |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_rmroute")).args(args).output().unwrap();
-    let ok = |o: std::process::Output| {
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).to_string()
-    };
+    let (rmroute, ok) = (common::rmroute, common::stdout_ok);
     ok(rmroute(&["train-more", "--config", cfg_path.to_str().unwrap(), "--quiet"]));
     let meta = rmroute::run::RunMeta::read(&run).unwrap();
     assert_eq!(meta.config.more.unwrap().experts, Some(2), "experts default to the number of domains");

@@ -187,12 +187,7 @@ fn train_rodos_eval_and_report_from_the_command_line() {
     cfg["epochs"] = 2.into();
     let cfg_path = out.path().join("rodos.json");
     std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
-    let rmroute =
-        |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_rmroute")).args(args).output().unwrap();
-    let ok = |o: std::process::Output| {
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).to_string()
-    };
+    let (rmroute, ok) = (common::rmroute, common::stdout_ok);
     ok(rmroute(&["train-rodos", "--config", cfg_path.to_str().unwrap(), "--quiet"]));
     let eval = ok(rmroute(&["eval", "--model", run.to_str().unwrap(), "--data", data.path().to_str().unwrap()]));
     assert!(eval.contains("routed accuracy") && eval.contains("Router confusion"), "{eval}");

@@ -249,3 +249,14 @@ pub fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     }
     out
 }
+
+/// Runs the `rmroute` binary as a user would.
+pub fn rmroute(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_rmroute")).args(args).env("RUST_BACKTRACE", "0").output().unwrap()
+}
+
+/// The standard output of a run that must have succeeded (its standard error otherwise).
+pub fn stdout_ok(output: std::process::Output) -> String {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
