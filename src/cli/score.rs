@@ -3,50 +3,27 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use rmroute::backbone::resolve_model_dir;
 use rmroute::data::error::At;
 use rmroute::data::io::{read_lines, write_atomic};
-use rmroute::encoding::Truncation;
-use rmroute::load::{load_scorer, ScoreOptions, Switching};
-use rmroute::model::LoadOptions;
 
-use super::device;
+use super::model::ModelArgs;
 
 #[derive(Debug, Args)]
 pub struct ScoreArgs {
-    /// A reward model: a checkpoint directory in Hugging Face layout (optionally with `adapters/<name>/`
-    /// in PEFT layout), an rmroute run directory, or a hub id.
-    #[arg(long)]
-    pub model: String,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// JSONL of pair records (`prompt`, `chosen`, `rejected`) or of `{"id"?, "prompt", "response"}`.
     #[arg(long)]
     pub input: PathBuf,
     /// Output JSONL; standard output when absent.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// The adapter to score with: a name under `MODEL/adapters/`, or the directory of a PEFT adapter
-    /// (`adapter_config.json`, `adapter_model.safetensors`) for MODEL.
-    #[arg(long)]
-    pub adapter: Option<String>,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// Longest input in tokens (default: the run's `max_length`, else the model's limit).
-    #[arg(long)]
-    pub max_length: Option<usize>,
-    /// How longer pairs are cut (default: the run's strategy, else longest_first as transformers does).
-    #[arg(long, value_enum)]
-    pub truncation: Option<Truncation>,
-    /// ARLISS: score a batch of mixed domains in one pass with a reward adapter per row (one_pass,
-    /// the default), or one domain's rows at a time, switching adapters between them (sequential).
-    #[arg(long, value_enum)]
-    pub switching: Option<Switching>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -90,19 +67,7 @@ fn read_items(path: &Path) -> Result<Vec<Item>> {
 }
 
 pub fn run(args: ScoreArgs) -> Result<()> {
-    if args.max_length.is_some_and(|n| n < 8) {
-        bail!("--max-length must be at least 8");
-    }
-    let dir = resolve_model_dir(&args.model)?;
-    let opts = LoadOptions { device: device(&args.device)?, ..Default::default() };
-    let choice = ScoreOptions {
-        adapter: args.adapter.clone(),
-        max_length: args.max_length,
-        truncation: args.truncation,
-        switching: args.switching,
-    };
-    let scorer =
-        load_scorer(&dir, &opts, &choice).with_context(|| format!("loading the model in {}", dir.display()))?;
+    let (_, scorer) = args.model.load()?;
     let items = read_items(&args.input)?;
     let bar = if args.quiet { ProgressBar::hidden() } else { ProgressBar::new(items.len() as u64) };
     bar.set_style(ProgressStyle::with_template(

@@ -6,17 +6,16 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use rmroute::backbone::resolve_model_dir;
-use rmroute::encoding::Truncation;
-use rmroute::load::{load_scorer, ScoreOptions, Switching};
-use rmroute::model::LoadOptions;
 use rmroute::serve::{bind, serve, ServeOptions};
+
+use super::model::ModelArgs;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// An rmroute run directory, a Hugging Face reward model directory, or a hub id (as for `score`).
-    #[arg(long)]
-    pub model: String,
+    /// The model, as for `score`: an rmroute run directory, a Hugging Face reward model directory or a
+    /// hub id, with the same `--adapter`, `--max-length`, `--truncation`, `--switching` and `--device`.
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Address to listen on: loopback unless told otherwise (0.0.0.0 accepts other machines).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -32,40 +31,13 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes (413 beyond).
     #[arg(long, default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// The adapter to score with, as for `score`: a name under `MODEL/adapters/` or a PEFT adapter directory.
-    #[arg(long)]
-    pub adapter: Option<String>,
-    /// Longest input in tokens (default: the run's `max_length`, else the model's limit).
-    #[arg(long)]
-    pub max_length: Option<usize>,
-    /// How longer pairs are cut (default: the run's strategy, else longest_first).
-    #[arg(long, value_enum)]
-    pub truncation: Option<Truncation>,
-    /// ARLISS: how reward adapters are applied to a mixed batch.
-    #[arg(long, value_enum)]
-    pub switching: Option<Switching>,
-    /// cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
     if args.max_batch == 0 {
         bail!("--max-batch must be positive");
     }
-    if args.max_length.is_some_and(|n| n < 8) {
-        bail!("--max-length must be at least 8");
-    }
-    let dir = resolve_model_dir(&args.model)?;
-    let opts = LoadOptions { device: super::device(&args.device)?, ..Default::default() };
-    let choice = ScoreOptions {
-        adapter: args.adapter.clone(),
-        max_length: args.max_length,
-        truncation: args.truncation,
-        switching: args.switching,
-    };
-    let scorer =
-        load_scorer(&dir, &opts, &choice).with_context(|| format!("loading the model in {}", dir.display()))?;
+    let (dir, scorer) = args.model.load()?;
     let serve_opts = ServeOptions {
         max_batch: args.max_batch,
         max_wait: Duration::from_millis(args.max_wait_ms),

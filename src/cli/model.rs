@@ -1,0 +1,56 @@
+//! The flags that pick and load a model to score with, shared by `score` and `serve`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use rmroute::backbone::resolve_model_dir;
+use rmroute::encoding::Truncation;
+use rmroute::load::{load_scorer, ScoreOptions, Scorer, Switching};
+use rmroute::model::LoadOptions;
+
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A reward model: a checkpoint directory in Hugging Face layout (optionally with `adapters/<name>/`
+    /// in PEFT layout), an rmroute run directory, or a hub id.
+    #[arg(long)]
+    pub model: String,
+    /// The adapter to score with: a name under `MODEL/adapters/`, or the directory of a PEFT adapter
+    /// (`adapter_config.json`, `adapter_model.safetensors`) for MODEL.
+    #[arg(long)]
+    pub adapter: Option<String>,
+    /// Longest input in tokens (default: the run's `max_length`, else the model's limit).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// How longer pairs are cut (default: the run's strategy, else longest_first as transformers does).
+    #[arg(long, value_enum)]
+    pub truncation: Option<Truncation>,
+    /// ARLISS: score a batch of mixed domains in one pass with a reward adapter per row (one_pass,
+    /// the default), or one domain's rows at a time, switching adapters between them (sequential).
+    #[arg(long, value_enum)]
+    pub switching: Option<Switching>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl ModelArgs {
+    /// The model's directory and what scores with it.
+    pub fn load(&self) -> Result<(PathBuf, Scorer)> {
+        if self.max_length.is_some_and(|n| n < 8) {
+            bail!("--max-length must be at least 8");
+        }
+        let dir = resolve_model_dir(&self.model)?;
+        let opts = LoadOptions { device: super::device(&self.device)?, ..Default::default() };
+        let choice = ScoreOptions {
+            adapter: self.adapter.clone(),
+            max_length: self.max_length,
+            truncation: self.truncation,
+            switching: self.switching,
+        };
+        let scorer =
+            load_scorer(&dir, &opts, &choice).with_context(|| format!("loading the model in {}", dir.display()))?;
+        Ok((dir, scorer))
+    }
+}
