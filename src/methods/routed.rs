@@ -68,21 +68,8 @@ pub fn train_routed(
             domains.join(", ")
         );
     }
-    // ARLISS's parts are adapters for one frozen base: the run records which weights, and a new domain
-    // must be trained on the very same ones.
+    // ARLISS's parts are adapters for one frozen base: the run records which weights (`check_base`).
     let base = if keeps_adapters(method) { Some(BaseRef::of(&cfg.backbone)?) } else { None };
-    if let (Some(base), Some(meta)) = (&base, &old) {
-        if meta.base.as_ref().map(|b| &b.sha256) != Some(&base.sha256) {
-            bail!(
-                "the backbone `{}` now has other weights (sha256 {}) than the ones {}'s adapters were trained for \
-                 ({}): a new domain's adapter must be trained on the same base",
-                cfg.backbone,
-                base.sha256,
-                run.display(),
-                meta.base.as_ref().map(|b| b.sha256.as_str()).unwrap_or("not recorded")
-            );
-        }
-    }
     let mut pairs = BTreeMap::new();
     for domain in &domains {
         // Every domain's pairs: the router is trained on all of them.
@@ -95,7 +82,7 @@ pub fn train_routed(
     }
     std::fs::create_dir_all(run.join("stages"))?;
     if let Some(base) = &base {
-        check_base(run, base)?;
+        check_base(run, base, old.as_ref().and_then(|m| m.base.as_ref()))?;
     }
 
     let mut parts = Vec::new();
@@ -122,27 +109,34 @@ pub fn train_routed(
     Ok(run.clone())
 }
 
-/// Every stage of an ARLISS run is trained on one base: the first records it in `stages/base.json`, and
-/// a resumed or extended run on other weights is refused (its finished adapters would not fit them).
-fn check_base(run: &Path, base: &BaseRef) -> Result<()> {
+/// Every stage of an ARLISS run is trained on one base: the first records it in `stages/base.json`
+/// (an extended run also has it in its manifest, `recorded`), and a resumed or extended run on other
+/// weights or another tokenizer is refused: its finished adapters would not fit them.
+fn check_base(run: &Path, base: &BaseRef, recorded: Option<&BaseRef>) -> Result<()> {
     let path = run.join("stages").join("base.json");
-    if !path.is_file() {
-        write_atomic(&path, &serde_json::to_vec_pretty(base)?)?;
-        return Ok(());
-    }
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let started: BaseRef = crate::config::parse_json(&text).with_context(|| format!("parsing {}", path.display()))?;
-    if (&started.sha256, &started.tokenizer_sha256) != (&base.sha256, &base.tokenizer_sha256) {
-        bail!(
-            "{} was started on other base weights or tokenizer (sha256 {}, {}) than `{}` has now ({}, {}): \
-             train on that base again, or start over with --force",
-            run.display(),
-            started.sha256,
-            started.tokenizer_sha256,
-            base.spec,
-            base.sha256,
-            base.tokenizer_sha256
-        );
+    let started: Option<BaseRef> = if path.is_file() {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        Some(crate::config::parse_json(&text).with_context(|| format!("parsing {}", path.display()))?)
+    } else {
+        recorded.cloned()
+    };
+    match started {
+        None => write_atomic(&path, &serde_json::to_vec_pretty(base)?)?,
+        Some(started) if (&started.sha256, &started.tokenizer_sha256) != (&base.sha256, &base.tokenizer_sha256) => {
+            bail!(
+                "the backbone `{}` now has other weights or another tokenizer (sha256 {}, {}) than {} was trained on \
+                 (sha256 {}, {}): its finished adapters would not fit other base weights. Put back the base they \
+                 were trained on, or start over with --force",
+                base.spec,
+                base.sha256,
+                base.tokenizer_sha256,
+                run.display(),
+                started.sha256,
+                started.tokenizer_sha256
+            );
+        }
+        Some(_) if !path.is_file() => write_atomic(&path, &serde_json::to_vec_pretty(base)?)?,
+        Some(_) => {}
     }
     Ok(())
 }
