@@ -79,6 +79,7 @@ fn prepare(model_dir: &Path, dir: &Path) -> Result<()> {
         name: name.into(),
         role,
         domain,
+        aspect: None,
         path: format!("stages/{name}"),
         train_examples: 0,
         truncated: 0,
@@ -128,6 +129,8 @@ fn prepare(model_dir: &Path, dir: &Path) -> Result<()> {
         adapters: BTreeMap::new(),
         parts,
         base: Some(BaseRef::of(&spec)?),
+        aspect_pairs: BTreeMap::new(),
+        routes_by_task: false,
     }
     .write(&run)
 }

@@ -472,6 +472,7 @@ def main():
     if rm is not None:
         rodos_round_trip(checks, rm, args.prepared, work, backbone, items, items_file)
         arliss_round_trip(checks, rm, args.prepared, work, backbone, items, items_file)
+        dmoerm_round_trip(checks, rm, args.prepared, work, backbone, items, items_file)
 
     sys.exit(0 if checks.report() else 1)
 
@@ -557,6 +558,69 @@ def arliss_round_trip(checks, rm, prepared, work, backbone, items, items_file):
                         same_route == len(items), f"{same_route} of {len(items)}")
             checks.fact(f"arliss ({mode}): the routed domain's adapter in PEFT gives rmroute's reward",
                         max(deltas) <= checks.tol, f"max |Δ| {max(deltas):.2e}")
+
+
+def dmoerm_round_trip(checks, rm, prepared, work, backbone, items, items_file):
+    """A tiny DMoERM run: transformers loads the router over the tasks and each task's stage-1 reward
+    model; PEFT loads each capability expert onto it; the experts' pooled vectors through the saved MLP
+    (Linear → PReLU → Linear, written out in torch) give rmroute's reward. A task without aspect labels
+    (hellaswag) is its stage-1 model."""
+    print("\n== DMoERM: router, stage-1 models, PEFT experts and the aggregator in torch")
+    from safetensors.torch import load_file
+    cfg = {"method": "dmoerm", "backbone": backbone, "domains": ["hellaswag", "oasst"], "epochs": 1, "batch_size": 8,
+           "lr": 1e-4, "max_length": MAX_LENGTH, "max_pairs": 40, "truncation": "longest_first",
+           "lora": {"r": 12, "lora_alpha": 768, "lora_dropout": 0.1, "target_modules": ["query", "key", "value", "dense"]},
+           "dmoerm": {"router": {"epochs": 2, "lr": 1e-4}, "aspects": ["helpfulness", "quality"], "min_aspect_pairs": 5,
+                      "aggregator": {"epochs": 3, "lr": 1e-3}}}
+    cfg_path, run = work / "dmoerm.json", work / "runs" / "dmoerm"
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    if not rm.run("rmroute train-dmoerm", ["train-dmoerm", "--config", cfg_path, "--data", prepared, "--out", run, "--quiet"]):
+        return
+    out = work / "dmoerm-scores.jsonl"
+    if not rm.run("rmroute score (dmoerm)", ["score", "--model", run, "--input", items_file, "--out", out, "--quiet"]):
+        return
+    scored = {str(r["id"]): r for r in read_jsonl(out)}
+    stages = run / "stages"
+    router = AutoModelForSequenceClassification.from_pretrained(str(stages / "router")).eval()
+    labels = [router.config.id2label[i] for i in range(router.config.num_labels)]
+    checks.fact("dmoerm: router config names the tasks", labels == cfg["domains"], f"id2label {labels}")
+    tok = AutoTokenizer.from_pretrained(str(stages / "router"))
+    tasks = {}
+    for task in labels:
+        rm_dir = str(stages / f"rm-{task}")
+        agg_dir = stages / f"aggregator-{task}"
+        if not agg_dir.is_dir():
+            tasks[task] = (AutoModelForSequenceClassification.from_pretrained(rm_dir).eval(), None, None)
+            continue
+        order = json.loads((agg_dir / "aggregator.json").read_text())
+        experts = [PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(rm_dir), str(stages / a)).eval()
+                   for a in order["adapters"]]
+        for a, m in zip(order["adapters"], experts):
+            checks.fact(f"dmoerm: {a} loads as a LoRA adapter on rm-{task} with a trained head", lora_b_nonzero(m))
+        tasks[task] = (None, experts, load_file(str(agg_dir / "aggregator.safetensors")))
+    checks.fact("dmoerm: oasst has experts and an aggregator, hellaswag (no aspect labels) is one model",
+                tasks["oasst"][1] is not None and tasks["hellaswag"][1] is None)
+    same_route, deltas = 0, []
+    with torch.no_grad():
+        for it in items:
+            enc = tok(it["prompt"], truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+            task = labels[int(router(**enc).logits[0].argmax())]
+            got = scored[str(it["id"])]
+            same_route += task == got.get("domain")
+            pair = tok(it["prompt"], it["response"], truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+            single, experts, agg = tasks[got["domain"]]
+            if experts is None:
+                reward = float(single(**pair).logits[0, 0])
+            else:
+                pooled = torch.cat([m.base_model.model.bert(**pair).pooler_output for m in experts], dim=-1)
+                h = torch.nn.functional.linear(pooled, agg["fc1.weight"], agg["fc1.bias"])
+                h = torch.nn.functional.prelu(h, agg["prelu.weight"])
+                reward = float(torch.nn.functional.linear(h, agg["fc2.weight"], agg["fc2.bias"])[0, 0])
+            deltas.append(abs(reward - float(got["reward"])))
+    checks.fact("dmoerm: transformers' router picks rmroute's task for every prompt", same_route == len(items),
+                f"{same_route} of {len(items)}")
+    checks.fact("dmoerm: the routed task's model (experts and MLP in torch) gives rmroute's reward",
+                max(deltas) <= checks.tol, f"max |Δ| {max(deltas):.2e}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ pub enum Method {
     More,
     /// One frozen base with a LoRA reward adapter per domain and a router adapter.
     Arliss,
+    /// A router over tasks; per task a reward model, LoRA capability-point experts and an MLP over them.
+    Dmoerm,
 }
 
 impl Method {
@@ -36,6 +38,7 @@ impl Method {
             Method::Rodos => "rodos",
             Method::More => "more",
             Method::Arliss => "arliss",
+            Method::Dmoerm => "dmoerm",
         }
     }
 
@@ -46,6 +49,7 @@ impl Method {
             Method::Rodos => "train-rodos",
             Method::More => "train-more",
             Method::Arliss => "train-arliss",
+            Method::Dmoerm => "train-dmoerm",
         }
     }
 }
@@ -63,6 +67,68 @@ pub struct RodosConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ArlissConfig {
     pub router: RouterConfig,
+}
+
+/// DMoERM (dmoerm.txt): the outer router's training, and the three stages of each task's inner model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DmoermConfig {
+    /// The outer router over the tasks (trained only when there are two or more).
+    pub router: RouterConfig,
+    /// Share of each task's training pairs for stage 1 (the task's reward model) and stage 2 (the
+    /// experts); the rest trains the aggregator on pairs the experts never saw.
+    pub phase1_fraction: f64,
+    /// Stage 1 fine-tunes the whole encoder (`full`) or a LoRA adapter merged in after (`lora`).
+    pub phase1: Phase1,
+    /// The capability points to train experts for; empty = every aspect the task's pairs carry.
+    pub aspects: Vec<String>,
+    /// An aspect with fewer labelled (non-tie) stage-1 pairs than this gets no expert (the run says so).
+    pub min_aspect_pairs: usize,
+    /// Stage 2's training (the experts share the config's `lora` settings).
+    pub expert: StageConfig,
+    /// Stage 3's training of the MLP over the experts' pooled vectors.
+    pub aggregator: StageConfig,
+}
+
+impl Default for DmoermConfig {
+    fn default() -> Self {
+        Self {
+            router: RouterConfig::default(),
+            phase1_fraction: 0.6,
+            phase1: Phase1::Full,
+            aspects: vec![],
+            min_aspect_pairs: 10,
+            expert: StageConfig::default(),
+            aggregator: StageConfig::default(),
+        }
+    }
+}
+
+/// How DMoERM's stage 1 trains the task's reward model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase1 {
+    #[default]
+    Full,
+    Lora,
+}
+
+/// A stage's own training settings; each unset one is the config's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StageConfig {
+    pub epochs: Option<usize>,
+    pub lr: Option<f64>,
+    pub batch_size: Option<usize>,
+}
+
+impl StageConfig {
+    /// `cfg` with this stage's settings.
+    pub fn apply(&self, cfg: &mut TrainConfig) {
+        cfg.epochs = self.epochs.unwrap_or(cfg.epochs);
+        cfg.lr = self.lr.unwrap_or(cfg.lr);
+        cfg.batch_size = self.batch_size.unwrap_or(cfg.batch_size);
+    }
 }
 
 /// The external router: a classifier over domains trained with cross-entropy on prompts alone.
@@ -122,7 +188,8 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
-    /// The adapters of `baselora` (one, with its head) and `arliss` (one per domain and the router's).
+    /// The adapters of `baselora` (one, with its head), `arliss` (one per domain and the router's) and
+    /// `dmoerm` (its capability-point experts, and stage 1 when `dmoerm.phase1` is `lora`).
     pub lora: Option<LoraConfig>,
     /// The section of `rodos`.
     pub rodos: Option<RodosConfig>,
@@ -130,6 +197,8 @@ pub struct TrainConfig {
     pub more: Option<MoreConfig>,
     /// The section of `arliss`.
     pub arliss: Option<ArlissConfig>,
+    /// The section of `dmoerm`.
+    pub dmoerm: Option<DmoermConfig>,
 }
 
 impl Default for TrainConfig {
@@ -162,6 +231,7 @@ impl Default for TrainConfig {
             rodos: None,
             more: None,
             arliss: None,
+            dmoerm: None,
         }
     }
 }
@@ -179,7 +249,7 @@ impl TrainConfig {
             parse_json(&text).with_context(|| format!("config {}: not JSON", path.display()))?;
         if raw.get("method").is_none() {
             anyhow::bail!(
-                "config {}: `method` is missing: name the method it trains (baseline, baselora, rodos, more or arliss)",
+                "config {}: `method` is missing: name the method it trains (baseline, baselora, rodos, more, arliss or dmoerm)",
                 path.display()
             );
         }
@@ -203,11 +273,12 @@ impl TrainConfig {
             lora.validate().map_err(|e| anyhow::anyhow!("`lora`: {e}"))?;
         }
         let method = self.method.name();
-        let sections: [(&str, bool, &[Method]); 4] = [
-            ("lora", self.lora.is_some(), &[Method::Baselora, Method::Arliss]),
+        let sections: [(&str, bool, &[Method]); 5] = [
+            ("lora", self.lora.is_some(), &[Method::Baselora, Method::Arliss, Method::Dmoerm]),
             ("rodos", self.rodos.is_some(), &[Method::Rodos]),
             ("more", self.more.is_some(), &[Method::More]),
             ("arliss", self.arliss.is_some(), &[Method::Arliss]),
+            ("dmoerm", self.dmoerm.is_some(), &[Method::Dmoerm]),
         ];
         for (section, present, owners) in sections {
             let owned = owners.contains(&self.method);
@@ -231,8 +302,27 @@ impl TrainConfig {
             anyhow::ensure!(more.expert_hidden != Some(0), "`more.expert_hidden` must be positive");
             anyhow::ensure!(more.balance_coef >= 0.0, "`more.balance_coef` must be at least 0");
         }
-        let routers =
-            [("rodos", self.rodos.as_ref().map(|r| &r.router)), ("arliss", self.arliss.as_ref().map(|a| &a.router))];
+        if let Some(d) = &self.dmoerm {
+            anyhow::ensure!(
+                d.phase1_fraction > 0.0 && d.phase1_fraction < 1.0,
+                "`dmoerm.phase1_fraction` must be in (0, 1): stage 1 and the aggregator each need a share"
+            );
+            anyhow::ensure!(d.min_aspect_pairs > 0, "`dmoerm.min_aspect_pairs` must be positive");
+            for (name, stage) in [("expert", &d.expert), ("aggregator", &d.aggregator)] {
+                anyhow::ensure!(stage.epochs != Some(0), "`dmoerm.{name}.epochs` must be positive");
+                anyhow::ensure!(stage.lr.is_none_or(|lr| lr > 0.0), "`dmoerm.{name}.lr` must be positive");
+                anyhow::ensure!(stage.batch_size != Some(0), "`dmoerm.{name}.batch_size` must be positive");
+            }
+            if let Some(bad) = d.aspects.iter().find(|a| a.is_empty() || a.contains(['/', '\\']) || a.starts_with('.'))
+            {
+                anyhow::bail!("`dmoerm.aspects`: `{bad}` is not an aspect name");
+            }
+        }
+        let routers = [
+            ("rodos", self.rodos.as_ref().map(|r| &r.router)),
+            ("arliss", self.arliss.as_ref().map(|a| &a.router)),
+            ("dmoerm", self.dmoerm.as_ref().map(|d| &d.router)),
+        ];
         for (section, router) in routers {
             if let Some(router) = router {
                 anyhow::ensure!(router.epochs != Some(0), "`{section}.router.epochs` must be positive");
@@ -243,9 +333,13 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The router section of a routed method (RODOS, ARLISS), if any.
+    /// The router section of a routed method (RODOS, ARLISS, DMoERM), if any.
     pub fn router(&self) -> Option<&RouterConfig> {
-        self.rodos.as_ref().map(|r| &r.router).or(self.arliss.as_ref().map(|a| &a.router))
+        self.rodos
+            .as_ref()
+            .map(|r| &r.router)
+            .or(self.arliss.as_ref().map(|a| &a.router))
+            .or(self.dmoerm.as_ref().map(|d| &d.router))
     }
 
     pub fn method(&self) -> &'static str {
@@ -294,6 +388,20 @@ mod tests {
     }
 
     #[test]
+    fn every_shipped_config_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut loaded = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "json") {
+                TrainConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                loaded += 1;
+            }
+        }
+        assert!(loaded >= 18, "{loaded} configs");
+    }
+
+    #[test]
     fn type_errors_name_the_key_path_and_zero_rank_is_refused() {
         let err =
             parse_json::<TrainConfig>("{\"lora\": {\"r\": \"four\", \"lora_alpha\": 8, \"target_modules\": [\"q\"]}}")
@@ -327,6 +435,16 @@ mod tests {
             .contains("needs a `arliss` section"));
         assert!(parse(&format!("{{\"method\": \"arliss\", \"arliss\": {{}}, {lora}}}")).is_ok());
         assert!(parse("{\"method\": \"baseline\", \"rodos\": {}}").unwrap_err().contains("belongs to method `rodos`"));
+        assert!(parse(&format!("{{\"method\": \"dmoerm\", {lora}}}"))
+            .unwrap_err()
+            .contains("needs a `dmoerm` section"));
+        assert!(parse(&format!("{{\"method\": \"dmoerm\", \"dmoerm\": {{}}, {lora}}}")).is_ok());
+        assert!(parse(&format!("{{\"method\": \"dmoerm\", \"dmoerm\": {{\"phase1_fraction\": 1.0}}, {lora}}}"))
+            .unwrap_err()
+            .contains("phase1_fraction"));
+        assert!(parse(&format!("{{\"method\": \"dmoerm\", \"dmoerm\": {{\"aggregator\": {{\"lr\": 0}}}}, {lora}}}"))
+            .unwrap_err()
+            .contains("`dmoerm.aggregator.lr`"));
         let err = parse_json::<TrainConfig>("{\"method\": \"rodso\"}").unwrap_err().to_string();
         assert!(err.starts_with("`method`:") && err.contains("rodos"), "{err}");
         let err =

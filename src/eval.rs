@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::split::{mix, stable_hash};
 use crate::data::{read_pairs, PairRecord};
-use crate::load::{Kind, Scorer, Switching};
+use crate::load::{Kind, RoutedParts, Scorer, Switching};
+use crate::methods::dmoerm::aspect_pairs;
+use crate::nn::Adapters;
 use crate::train::loss::pairwise_correct;
 use crate::train::objective::chosen_then_rejected;
 
@@ -58,6 +60,58 @@ pub struct Results {
     /// Resident memory of the evaluating process (Linux).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Memory>,
+    /// DMoERM: each task's inner model, stage by stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<BTreeMap<String, TaskResults>>,
+}
+
+/// DMoERM: one task's inner model on the task's test pairs (the true task, no routing).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskResults {
+    /// The task had no aspect labels: its stage-1 reward model alone is its reward (a single expert).
+    pub single_expert: bool,
+    /// The stage-1 reward model alone, on the overall preference.
+    pub phase1: DomainResult,
+    /// Each capability point's expert, with its own head.
+    pub experts: BTreeMap<String, ExpertResult>,
+    /// The aggregator over the experts, on the overall preference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregator: Option<DomainResult>,
+}
+
+/// One capability expert: on its own point (the test pairs labelled on it, turned to its preference;
+/// none when no test pair is), and on the overall preference.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExpertResult {
+    pub point: Option<DomainResult>,
+    pub overall: DomainResult,
+}
+
+/// For a DMoERM scorer: each task's stage-1 model, experts and aggregator on its test pairs.
+pub fn task_results(scorer: &Scorer, sets: &TestSets) -> Result<Option<BTreeMap<String, TaskResults>>> {
+    let Kind::Routed(routed) = &scorer.kind else { return Ok(None) };
+    let RoutedParts::Tasks { tasks, .. } = &routed.parts else { return Ok(None) };
+    let mut out = BTreeMap::new();
+    for (domain, records) in sets {
+        let inner = tasks.get(domain).with_context(|| format!("the run has no task `{domain}`"))?;
+        let phase1 = accuracy(records, |inputs| inner.model.score(inputs, inputs.len(), &Adapters::None))?;
+        let mut experts = BTreeMap::new();
+        for (aspect, adapter) in &inner.experts {
+            let by_expert = |inputs: &[(&str, &str)]| inner.score_expert(adapter, inputs, inputs.len());
+            let labelled = aspect_pairs(records, aspect);
+            let point = if labelled.is_empty() { None } else { Some(accuracy(&labelled, by_expert)?) };
+            experts.insert(aspect.clone(), ExpertResult { point, overall: accuracy(records, by_expert)? });
+        }
+        let aggregator = match &inner.aggregator {
+            Some(_) => Some(accuracy(records, |inputs| inner.score(inputs, inputs.len()))?),
+            None => None,
+        };
+        out.insert(
+            domain.clone(),
+            TaskResults { single_expert: inner.experts.is_empty(), phase1, experts, aggregator },
+        );
+    }
+    Ok(Some(out))
 }
 
 /// Routed scoring of mixed-domain batches (routing included) with one way of switching adapters.
@@ -141,18 +195,11 @@ pub struct ExpertShares {
 }
 
 /// For a MoRE scorer: the gate's expert shares per domain on the test pairs.
-pub fn expert_shares(
-    scorer: &Scorer,
-    data: &Path,
-    domains: &[String],
-    max_pairs: Option<usize>,
-    seed: u64,
-) -> Result<Option<ExpertShares>> {
+pub fn expert_shares(scorer: &Scorer, sets: &TestSets) -> Result<Option<ExpertShares>> {
     let Kind::More(model) = &scorer.kind else { return Ok(None) };
     let experts = model.head.experts();
     let mut shares = BTreeMap::new();
-    for domain in domains {
-        let records = test_pairs(data, domain, max_pairs, seed)?;
+    for (domain, records) in sets {
         let inputs: Vec<(&str, &str)> = records
             .iter()
             .flat_map(|p| [(p.prompt.as_str(), p.chosen.as_str()), (p.prompt.as_str(), p.rejected.as_str())])
@@ -190,35 +237,69 @@ pub fn test_pairs(data: &Path, domain: &str, max_pairs: Option<usize>, seed: u64
             path.display()
         );
     }
-    let Some(cap) = max_pairs.filter(|&cap| cap < records.len()) else { return Ok(records) };
+    Ok(sample(records, domain, max_pairs, seed))
+}
+
+/// `max_pairs` of `records` drawn with `seed` and the set's name, kept in file order; all of them
+/// without a cap.
+fn sample(records: Vec<PairRecord>, name: &str, max_pairs: Option<usize>, seed: u64) -> Vec<PairRecord> {
+    let Some(cap) = max_pairs.filter(|&cap| cap < records.len()) else { return records };
     let mut order: Vec<usize> = (0..records.len()).collect();
-    order.shuffle(&mut StdRng::seed_from_u64(mix(seed, stable_hash(domain.as_bytes()))));
+    order.shuffle(&mut StdRng::seed_from_u64(mix(seed, stable_hash(name.as_bytes()))));
     let mut keep = order[..cap].to_vec();
     keep.sort_unstable();
-    Ok(keep.into_iter().map(|i| records[i].clone()).collect())
+    keep.into_iter().map(|i| records[i].clone()).collect()
+}
+
+/// The test pairs a run is evaluated on, by domain, or by task for a DMoERM run routed by the records'
+/// `task` fields.
+pub type TestSets = BTreeMap<String, Vec<PairRecord>>;
+
+/// Each domain's test pairs ([`test_pairs`]).
+pub fn domain_test_sets(data: &Path, domains: &[String], max_pairs: Option<usize>, seed: u64) -> Result<TestSets> {
+    domains.iter().map(|d| Ok((d.clone(), test_pairs(data, d, max_pairs, seed)?))).collect()
+}
+
+/// The test pairs of `domains` grouped by their records' `task` (every record must carry one), with
+/// `max_pairs` per task drawn as [`test_pairs`] draws them per domain.
+pub fn task_test_sets(data: &Path, domains: &[String], max_pairs: Option<usize>, seed: u64) -> Result<TestSets> {
+    let by_domain = domain_test_sets(data, domains, None, seed)?;
+    let tasks = crate::data::task::group_by_task(&by_domain)?.with_context(|| {
+        format!(
+            "the run routes by the records' `task`, and the test pairs of {} in {} carry none",
+            domains.join(", "),
+            data.display()
+        )
+    })?;
+    Ok(tasks
+        .into_iter()
+        .map(|(task, records)| {
+            let kept = sample(records, &task, max_pairs, seed);
+            (task, kept)
+        })
+        .collect())
 }
 
 /// Accuracy of `scorer` on each domain's `test.jsonl` in `data` (routed, for a routed scorer); with
 /// `max_pairs`, on that many pairs per domain sampled with `seed`. Also pairs/s at batch 32.
-pub fn accuracy_by_domain(
-    scorer: &Scorer,
-    data: &Path,
-    domains: &[String],
-    max_pairs: Option<usize>,
-    seed: u64,
-) -> Result<(BTreeMap<String, DomainResult>, f64)> {
+pub fn accuracy_by_domain(scorer: &Scorer, sets: &TestSets) -> Result<(BTreeMap<String, DomainResult>, f64)> {
     let mut results = BTreeMap::new();
     let (mut pairs_done, mut seconds) = (0usize, 0f64);
-    for domain in domains {
-        let records = test_pairs(data, domain, max_pairs, seed)?;
+    for (domain, records) in sets {
         let start = Instant::now();
-        let correct = count_correct(&records, |inputs| Ok(scorer.score(inputs, inputs.len())?.rewards))?;
+        let correct = count_correct(records, |inputs| Ok(scorer.score(inputs, inputs.len())?.rewards))?;
         seconds += start.elapsed().as_secs_f64();
         pairs_done += records.len();
         let accuracy = correct as f64 / records.len() as f64;
         results.insert(domain.clone(), DomainResult { pairs: records.len(), accuracy });
     }
     Ok((results, pairs_done as f64 / seconds.max(1e-9)))
+}
+
+/// The share of `records` whose chosen response `score` ranks above the rejected one.
+fn accuracy(records: &[PairRecord], score: impl FnMut(&[(&str, &str)]) -> Result<Vec<f32>>) -> Result<DomainResult> {
+    let correct = count_correct(records, score)?;
+    Ok(DomainResult { pairs: records.len(), accuracy: correct as f64 / records.len().max(1) as f64 })
 }
 
 /// Pairs whose chosen response out-scores the rejected one, scoring 32 pairs at a time.
@@ -235,23 +316,16 @@ fn count_correct(records: &[PairRecord], mut score: impl FnMut(&[(&str, &str)]) 
 
 /// For a routed scorer: accuracy with the router's choices and with the true domains (oracle), and
 /// the router's accuracy and confusion matrix on the test prompts.
-pub fn routed_results(
-    scorer: &Scorer,
-    data: &Path,
-    domains: &[String],
-    max_pairs: Option<usize>,
-    seed: u64,
-) -> Result<Option<RoutedResults>> {
+pub fn routed_results(scorer: &Scorer, sets: &TestSets) -> Result<Option<RoutedResults>> {
     let Kind::Routed(routed) = &scorer.kind else { return Ok(None) };
     let labels = routed.domains.clone();
     let mut confusion = vec![vec![0usize; labels.len()]; labels.len()];
     let (mut pairs_done, mut seconds) = (0usize, 0f64);
     let (mut routed_acc, mut oracle_acc, mut per_domain) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
-    for domain in domains {
+    for (domain, records) in sets {
         let truth = labels.iter().position(|l| l == domain).with_context(|| {
             format!("the router does not know domain `{domain}` (it chooses among {})", labels.join(", "))
         })?;
-        let records = test_pairs(data, domain, max_pairs, seed)?;
         let prompts: Vec<&str> = records.iter().map(|p| p.prompt.as_str()).collect();
         let start = Instant::now();
         let picked = routed.route(&prompts, 32)?;
@@ -261,7 +335,7 @@ pub fn routed_results(
         per_domain.insert(domain.clone(), picked.iter().filter(|&&p| p == truth).count() as f64 / picked.len() as f64);
         // Routed: the chosen and the rejected response of a pair go to the model its prompt routes to.
         let mut offset = 0;
-        let correct = count_correct(&records, |inputs| {
+        let correct = count_correct(records, |inputs| {
             let n = inputs.len() / 2;
             let chosen: Vec<String> = picked[offset..offset + n].iter().map(|&p| labels[p].clone()).collect();
             offset += n;
@@ -274,7 +348,7 @@ pub fn routed_results(
             domain.clone(),
             DomainResult { pairs: records.len(), accuracy: correct as f64 / records.len() as f64 },
         );
-        let correct = count_correct(&records, |inputs| scorer.score_as(inputs, domain, inputs.len()))?;
+        let correct = count_correct(records, |inputs| scorer.score_as(inputs, domain, inputs.len()))?;
         oracle_acc.insert(
             domain.clone(),
             DomainResult { pairs: records.len(), accuracy: correct as f64 / records.len() as f64 },

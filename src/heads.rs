@@ -46,12 +46,17 @@ impl RewardHead {
         self.classifier.weight.dims()[0]
     }
 
-    /// Logits from the first token's hidden state: `(batch, outputs)`.
-    pub fn logits(&self, hidden: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    /// The pooled vector the classifier reads, from the first token's hidden state: `(batch, pooler size)`
+    /// (DMoERM's aggregator reads its experts' pooled vectors).
+    pub fn pooled(&self, hidden: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let first = hidden.i((.., 0))?.contiguous()?;
         let first = ctx.dropout(&first, self.pooler_dropout)?;
-        let pooled = activation(&self.pooler_activation, &self.pooler.forward(&first)?)?;
-        let pooled = ctx.dropout(&pooled, self.classifier_dropout)?;
+        activation(&self.pooler_activation, &self.pooler.forward(&first)?)
+    }
+
+    /// Logits from the first token's hidden state: `(batch, outputs)`.
+    pub fn logits(&self, hidden: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let pooled = ctx.dropout(&self.pooled(hidden, ctx)?, self.classifier_dropout)?;
         self.classifier.forward(&pooled)
     }
 

@@ -3,6 +3,7 @@
 //! Data flows one way: raw files → [`data::prepare`] → pair JSONL → batches → model → rewards →
 //! metrics → tables.
 
+pub mod aspects;
 pub mod backbone;
 pub mod base;
 pub mod config;

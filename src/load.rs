@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use crate::backbone::resolve_model_dir;
 use crate::config::Method;
 use crate::encoding::{PairEncoder, Truncation};
+use crate::methods::dmoerm::{aggregator_stage, InnerModel};
 use crate::methods::more::MoreModel;
 use crate::methods::routed::ROUTER_ADAPTER;
 use crate::model::{LoadOptions, RewardModel};
@@ -53,6 +54,8 @@ pub enum RoutedParts {
         adapters: BTreeMap<String, String>,
         switching: Switching,
     },
+    /// DMoERM: a router over the tasks (none for one task) and each task's inner model.
+    Tasks { router: Option<RewardModel>, tasks: BTreeMap<String, InnerModel> },
 }
 
 /// How ARLISS applies its reward adapters to a batch whose rows come from several domains.
@@ -99,6 +102,11 @@ impl Scorer {
             Kind::Routed(routed) => match &routed.parts {
                 RoutedParts::Models { router, .. } => &router.tokens,
                 RoutedParts::Adapters { model, .. } => &model.tokens,
+                RoutedParts::Tasks { router: Some(router), .. } => &router.tokens,
+                RoutedParts::Tasks { router: None, tasks } => match tasks.values().next() {
+                    Some(inner) => &inner.model.tokens,
+                    None => unreachable!("a DMoERM run loads with at least one task"),
+                },
             },
         }
     }
@@ -161,6 +169,9 @@ impl Routed {
             RoutedParts::Adapters { model, .. } => {
                 model.classify(prompts, batch_size, &Adapters::One(ROUTER_ADAPTER.into()))
             }
+            RoutedParts::Tasks { router: Some(router), .. } => router.classify(prompts, batch_size, &Adapters::None),
+            // One task: every prompt is its.
+            RoutedParts::Tasks { router: None, .. } => Ok(vec![0; prompts.len()]),
         }
     }
 
@@ -200,6 +211,9 @@ impl Routed {
                     let name = adapters.get(domain).ok_or_else(|| unknown(domain))?;
                     model.score(&inputs, batch_size, &Adapters::One(name.clone()))?
                 }
+                RoutedParts::Tasks { tasks, .. } => {
+                    tasks.get(domain).ok_or_else(|| unknown(domain))?.score(&inputs, batch_size)?
+                }
             };
             for (&i, r) in rows.iter().zip(scored) {
                 rewards[i] = r;
@@ -218,7 +232,7 @@ impl Routed {
     pub fn switching(&self) -> Option<Switching> {
         match &self.parts {
             RoutedParts::Adapters { switching, .. } => Some(*switching),
-            RoutedParts::Models { .. } => None,
+            RoutedParts::Models { .. } | RoutedParts::Tasks { .. } => None,
         }
     }
 }
@@ -329,6 +343,9 @@ fn load_routed(dir: &Path, meta: &RunMeta, opts: &LoadOptions, choice: &ScoreOpt
     if choice.switching.is_some() && !adapters {
         bail!("--switching applies to ARLISS runs; {} is a `{}` run", dir.display(), meta.method);
     }
+    if meta.method == Method::Dmoerm.name() {
+        return load_tasks(dir, meta, opts, choice);
+    }
     let part_dir = |part: &Part| -> Result<PathBuf> {
         let path = dir.join(&part.path);
         let marker = if adapters { "adapter_config.json" } else { "config.json" };
@@ -403,6 +420,72 @@ fn load_routed(dir: &Path, meta: &RunMeta, opts: &LoadOptions, choice: &ScoreOpt
         models.insert(domain.clone(), model);
     }
     Ok(Routed { domains: meta.domains.clone(), parts: RoutedParts::Models { router, models } })
+}
+
+/// DMoERM: each task's stage-1 model with its experts' adapters and aggregator, and the router over
+/// the tasks when there are several.
+fn load_tasks(dir: &Path, meta: &RunMeta, opts: &LoadOptions, choice: &ScoreOptions) -> Result<Routed> {
+    let part_dir = |part: &Part, marker: &str| -> Result<PathBuf> {
+        let path = dir.join(&part.path);
+        if !path.join(marker).is_file() {
+            bail!(
+                "{}/rmroute.json names part `{}` at {}, which is missing or incomplete (train it again with \
+                 --resume, or restore the directory)",
+                dir.display(),
+                part.name,
+                path.display()
+            );
+        }
+        Ok(path)
+    };
+    let limits = |model: &mut RewardModel| {
+        let max_length = choice.max_length.unwrap_or(meta.config.max_length);
+        model.set_limits(max_length, choice.truncation.unwrap_or(meta.config.truncation));
+    };
+    let of_task = |task: &str, role: Role| -> Vec<&Part> {
+        meta.parts.iter().filter(|p| p.role == role && p.domain.as_deref() == Some(task)).collect()
+    };
+    let mut tasks = BTreeMap::new();
+    for task in &meta.domains {
+        let rm = *of_task(task, Role::Reward)
+            .first()
+            .with_context(|| format!("{}/rmroute.json has no reward model for task `{task}`", dir.display()))?;
+        let mut experts = Vec::new();
+        for part in of_task(task, Role::Expert) {
+            let aspect = part.aspect.clone().with_context(|| format!("expert `{}` names no aspect", part.name))?;
+            experts.push((aspect, part.name.clone(), part_dir(part, "adapter_config.json")?));
+        }
+        let aggregator = match of_task(task, Role::Aggregator).first() {
+            Some(part) => Some(part_dir(part, crate::methods::dmoerm::AGGREGATOR_FILE)?),
+            None if experts.is_empty() => None,
+            None => bail!(
+                "{}/rmroute.json lists experts for task `{task}` but no `{}`",
+                dir.display(),
+                aggregator_stage(task)
+            ),
+        };
+        let mut inner = InnerModel::load(&part_dir(rm, "config.json")?, &experts, aggregator.as_deref(), opts)?;
+        limits(&mut inner.model);
+        tasks.insert(task.clone(), inner);
+    }
+    let router = match meta.parts.iter().find(|p| p.role == Role::Router) {
+        Some(part) => {
+            let mut router = RewardModel::load(&part_dir(part, "config.json")?, opts)?;
+            limits(&mut router);
+            if router.labels != meta.domains {
+                bail!(
+                    "the router in {} chooses among {:?}, the tasks are {:?}",
+                    part.path,
+                    router.labels,
+                    meta.domains
+                );
+            }
+            Some(router)
+        }
+        None if meta.domains.len() == 1 => None,
+        None => bail!("{}/rmroute.json lists no router over its {} tasks", dir.display(), meta.domains.len()),
+    };
+    Ok(Routed { domains: meta.domains.clone(), parts: RoutedParts::Tasks { router, tasks } })
 }
 
 /// Where an `--adapter` lives.

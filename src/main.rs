@@ -30,6 +30,9 @@ enum Command {
     TrainArliss(cli::train::RoutedArgs),
     /// Train MoRE: one reward model with an internal sparse mixture of reward experts.
     TrainMore(cli::train::TrainArgs),
+    /// Train DMoERM: a router over tasks; per task a reward model, LoRA capability-point experts and
+    /// an MLP that combines them.
+    TrainDmoerm(cli::train::TrainArgs),
     /// Pairwise accuracy per domain, parameters and timings of a trained run → results.json.
     Eval(cli::eval::EvalArgs),
     /// The paper's Tables 2, 3 and 6 over runs (seeds), as Markdown and CSV.
@@ -38,6 +41,8 @@ enum Command {
     Score(cli::score::ScoreArgs),
     /// Serve rewards over HTTP (OpenRLHF's `/get_reward`, `/score`, `/health`, `/info`).
     Serve(cli::serve::ServeArgs),
+    /// Label capability points (DMoERM) by asking an OpenAI-compatible server, both response orders.
+    LabelAspects(cli::label_aspects::LabelAspectsArgs),
 }
 
 fn main() -> Result<()> {
@@ -45,10 +50,12 @@ fn main() -> Result<()> {
         Command::Prepare(args) => cli::prepare::run(args),
         Command::Score(args) => cli::score::run(args),
         Command::Serve(args) => cli::serve::run(args),
+        Command::LabelAspects(args) => cli::label_aspects::run(args),
         Command::TrainBaseline(args) => cli::train::run_baseline(args),
         Command::TrainRodos(args) => cli::train::run_rodos(args),
         Command::TrainArliss(args) => cli::train::run_arliss(args),
         Command::TrainMore(args) => cli::train::run_more(args),
+        Command::TrainDmoerm(args) => cli::train::run_dmoerm(args),
         Command::Eval(args) => cli::eval::run(args),
         Command::Report(args) => cli::report::run(args),
     }

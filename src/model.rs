@@ -175,6 +175,22 @@ impl RewardModel {
 
     /// Rewards `(batch,)` for an encoded batch; the adapters in `ctx` pick the encoder adapters and heads.
     pub fn forward(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+        self.per_head(batch, ctx, |head, hidden, ctx| Ok(head.forward(hidden, ctx)?))
+    }
+
+    /// The pooled vectors `(batch, pooler size)` the heads read, each row from its adapter's head.
+    pub fn pooled(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+        self.per_head(batch, ctx, |head, hidden, ctx| Ok(head.pooled(hidden, ctx)?))
+    }
+
+    /// `apply` of each row's head (the adapter's, or the model's own) to the encoder's output, the
+    /// adapters in `ctx` picking the encoder adapters and heads.
+    fn per_head(
+        &self,
+        batch: &Batch,
+        ctx: &Ctx,
+        apply: impl Fn(&RewardHead, &Tensor, &Ctx) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         let known = |name: &String| -> Result<()> {
             if !self.adapters.contains_key(name) {
                 bail!("no adapter named `{name}` (have: {})", self.adapter_names().join(", "));
@@ -198,19 +214,25 @@ impl RewardModel {
             }
         }
         if let Adapters::PerRow(names) = &ctx.adapters {
-            return self.forward_grouped(batch, names, ctx);
+            return self.forward_grouped(batch, names, ctx, apply);
         }
         let hidden = self.encoder.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, ctx)?;
-        Ok(match &ctx.adapters {
-            Adapters::One(name) => self.adapters[name].head.forward(&hidden, ctx)?,
-            Adapters::None | Adapters::PerRow(_) => self.head.forward(&hidden, ctx)?,
-        })
+        match &ctx.adapters {
+            Adapters::One(name) => apply(&self.adapters[name].head, &hidden, ctx),
+            Adapters::None | Adapters::PerRow(_) => apply(&self.head, &hidden, ctx),
+        }
     }
 
-    /// Rewards with an adapter (or none) per row. The rows are grouped by adapter first (a stable sort),
-    /// so every layer applies each adapter once, to one run of rows, and each run's head scores its
-    /// rows; the rewards go back to the batch's order.
-    fn forward_grouped(&self, batch: &Batch, names: &[Option<String>], ctx: &Ctx) -> Result<Tensor> {
+    /// `apply` with an adapter (or none) per row. The rows are grouped by adapter first (a stable sort),
+    /// so every layer applies each adapter once, to one run of rows, and each run's head reads its
+    /// rows; the outputs go back to the batch's order.
+    fn forward_grouped(
+        &self,
+        batch: &Batch,
+        names: &[Option<String>],
+        ctx: &Ctx,
+        apply: impl Fn(&RewardHead, &Tensor, &Ctx) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         let mut order: Vec<usize> = (0..names.len()).collect();
         order.sort_by(|&a, &b| names[a].cmp(&names[b]));
         let index = Tensor::from_vec(order.iter().map(|&i| i as u32).collect::<Vec<_>>(), order.len(), &self.device)?;
@@ -224,7 +246,7 @@ impl RewardModel {
         let sorted = ctx.fork(Adapters::PerRow(sorted_names.clone()));
         let hidden =
             self.encoder.forward(&grouped.input_ids, &grouped.token_type_ids, &grouped.attention_mask, &sorted)?;
-        let mut rewards = Vec::new();
+        let mut outputs = Vec::new();
         let mut start = 0;
         while start < sorted_names.len() {
             let name = &sorted_names[start];
@@ -233,16 +255,16 @@ impl RewardModel {
                 Some(name) => &self.adapter(name)?.head,
                 None => self.base_head()?,
             };
-            rewards.push(head.forward(&hidden.narrow(0, start, len)?, &sorted)?);
+            outputs.push(apply(head, &hidden.narrow(0, start, len)?, &sorted)?);
             start += len;
         }
         ctx.set_rng_state(sorted.rng_state());
-        let rewards = Tensor::cat(&rewards, 0)?;
+        let outputs = Tensor::cat(&outputs, 0)?;
         let mut back = vec![0u32; order.len()];
         for (position, &row) in order.iter().enumerate() {
             back[row] = position as u32;
         }
-        Ok(rewards.index_select(&Tensor::from_vec(back, order.len(), &self.device)?, 0)?)
+        Ok(outputs.index_select(&Tensor::from_vec(back, order.len(), &self.device)?, 0)?)
     }
 
     /// Tokenizes prompts alone (a router never sees the response), truncated and padded.

@@ -119,6 +119,12 @@ pub fn tables(runs: &[Results]) -> Tables {
     }
     md.push_str(&routed_tables(runs));
     for r in runs {
+        if let Some(tasks) = &r.tasks {
+            md.push_str(&format!("\n{} ({}) seed {}: ", r.method, r.backbone, r.seed));
+            md.push_str(&tasks_markdown(tasks));
+        }
+    }
+    for r in runs {
         if let Some(shares) = &r.experts {
             md.push_str(&format!("\n{} ({}) seed {}: ", r.method, r.backbone, r.seed));
             md.push_str(&experts_markdown(shares));
@@ -222,6 +228,28 @@ pub fn routed_tables(runs: &[Results]) -> String {
         if let Some(router) = &r.router {
             md.push_str(&format!("\n{} ({}) seed {}: ", r.method, r.backbone, r.seed));
             md.push_str(&confusion_markdown(router));
+        }
+    }
+    md
+}
+
+/// DMoERM's inner models: per task, the stage-1 model, each capability expert on its own point and on
+/// the overall preference, and the aggregator; a task without aspect labels says it is a single expert.
+pub fn tasks_markdown(tasks: &BTreeMap<String, crate::eval::TaskResults>) -> String {
+    let mut md = String::from(
+        "DMoERM inner models on each task's test pairs (true task)\n\n| Task | Model | On its point (pairs) | Overall |\n|---|---|---:|---:|\n",
+    );
+    let result = |r: &crate::eval::DomainResult| format!("{:.4} ({})", r.accuracy, r.pairs);
+    for (task, t) in tasks {
+        let stage1 =
+            if t.single_expert { "reward model (single expert: no aspect labels)" } else { "stage-1 reward model" };
+        md.push_str(&format!("| {task} | {stage1} | - | {:.4} |\n", t.phase1.accuracy));
+        for (aspect, e) in &t.experts {
+            let point = e.point.as_ref().map(result).unwrap_or_else(|| "no labelled test pairs".into());
+            md.push_str(&format!("| {task} | expert `{aspect}` | {point} | {:.4} |\n", e.overall.accuracy));
+        }
+        if let Some(a) = &t.aggregator {
+            md.push_str(&format!("| {task} | aggregator over {} experts | - | {:.4} |\n", t.experts.len(), a.accuracy));
         }
     }
     md

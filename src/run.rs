@@ -8,7 +8,7 @@
 //! RUN_DIR/adapters/<name>/    LoRA adapters in PEFT layout, for the backbone (BaseLoRA: `default`)
 //! RUN_DIR/metrics.jsonl       one line per logging step
 //! RUN_DIR/checkpoint/         the last checkpoint, for --resume (gone once the run finishes)
-//! RUN_DIR/stages/<name>/      a run of several models (RODOS, ARLISS): each part trained as a stage,
+//! RUN_DIR/stages/<name>/      a run of several models (RODOS, ARLISS, DMoERM): each part trained as a stage,
 //!                             with its own checkpoint and metrics, and once done a Hugging Face
 //!                             checkpoint (RODOS) or a PEFT adapter for the base (ARLISS) and
 //!                             `stage.json` (its part and settings); `rmroute.json` lists the parts
@@ -58,6 +58,13 @@ pub struct RunMeta {
     /// The frozen base the parts are adapters for (ARLISS), referenced and fingerprinted, not copied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<crate::base::BaseRef>,
+    /// DMoERM: per task, the labelled (non-tie) stage-1 pairs of each aspect asked for or found; those
+    /// under `dmoerm.min_aspect_pairs` got no expert.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aspect_pairs: BTreeMap<String, BTreeMap<String, usize>>,
+    /// DMoERM: `domains` are the records' `task` fields, gathered from the data folders `config.domains`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub routes_by_task: bool,
 }
 
 /// What a part of a run is for.
@@ -68,6 +75,10 @@ pub enum Role {
     Reward,
     /// A classifier over the domains, reading prompts alone.
     Router,
+    /// DMoERM: a LoRA expert on one capability point of a task, for the task's reward model.
+    Expert,
+    /// DMoERM: the MLP that combines a task's experts into its reward.
+    Aggregator,
 }
 
 /// One trained model of a run, in its own directory (a stage of the run).
@@ -75,9 +86,12 @@ pub enum Role {
 pub struct Part {
     pub name: String,
     pub role: Role,
-    /// The domain a reward model was trained on.
+    /// The domain a reward model was trained on (DMoERM: the task of its inner model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
+    /// DMoERM: the capability point an expert was trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aspect: Option<String>,
     /// The part's directory, relative to the run (a Hugging Face checkpoint).
     pub path: String,
     pub train_examples: usize,

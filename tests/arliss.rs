@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rmroute::config::{ArlissConfig, Method, RouterConfig, TrainConfig};
-use rmroute::eval::routed_results;
+use rmroute::eval::{domain_test_sets, routed_results};
 use rmroute::load::{load_scorer, Kind, RoutedParts, ScoreOptions, Switching};
 use rmroute::lora::{LoraConfig, TargetModules};
 use rmroute::methods::arliss::{train_arliss, ROUTER_ADAPTER};
@@ -106,7 +106,8 @@ fn arliss_routes_learns_each_domain_and_one_pass_equals_switching() {
     assert_eq!(tensors["base_model.model.classifier.weight"].dims(), [3, 32]);
 
     let scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
-    let results = routed_results(&scorer, data.path(), &meta.domains, None, 0).unwrap().unwrap();
+    let results =
+        routed_results(&scorer, &domain_test_sets(data.path(), &meta.domains, None, 0).unwrap()).unwrap().unwrap();
     assert!(results.router.accuracy >= 0.95, "router accuracy {}", results.router.accuracy);
     for domain in &meta.domains {
         let routed = results.routed[domain].accuracy;

@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rmroute::backbone::params::ParamStore;
 use rmroute::config::{Method, TrainConfig};
-use rmroute::eval::{accuracy_by_domain, expert_shares};
+use rmroute::eval::{accuracy_by_domain, domain_test_sets, expert_shares};
 use rmroute::load::{load_scorer, Kind, ScoreOptions};
 use rmroute::methods::more::train_more;
 use rmroute::model::LoadOptions;
@@ -246,11 +246,12 @@ fn more_learns_two_domains_and_loads_back_with_its_expert_shares() {
     let scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
     assert!(matches!(scorer.kind, Kind::More(_)));
     let domains = ["alpha".to_string(), "beta".to_string()];
-    let (by_domain, _) = accuracy_by_domain(&scorer, data.path(), &domains, None, 0).unwrap();
+    let (by_domain, _) =
+        accuracy_by_domain(&scorer, &domain_test_sets(data.path(), &domains, None, 0).unwrap()).unwrap();
     for d in &domains {
         assert!(by_domain[d].accuracy >= 0.95, "{d}: {}", by_domain[d].accuracy);
     }
-    let shares = expert_shares(&scorer, data.path(), &domains, None, 0).unwrap().unwrap();
+    let shares = expert_shares(&scorer, &domain_test_sets(data.path(), &domains, None, 0).unwrap()).unwrap().unwrap();
     assert_eq!(shares.experts, 4);
     for row in shares.shares.values() {
         assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{row:?}");

@@ -9,7 +9,7 @@ use std::path::Path;
 use rmroute::config::{Method, TrainConfig};
 use rmroute::data::prepare::{prepare, PrepareOptions};
 use rmroute::data::read_pairs;
-use rmroute::eval::accuracy_by_domain;
+use rmroute::eval::{accuracy_by_domain, domain_test_sets};
 use rmroute::load::{load_scorer, ScoreOptions};
 use rmroute::lora::{LoraConfig, TargetModules};
 use rmroute::methods::baseline::train_baseline;
@@ -41,7 +41,8 @@ fn oasst_96(dir: &Path) {
 fn train_accuracy(cfg: &TrainConfig) -> f64 {
     let run = train_baseline(cfg, candle_core::Device::Cpu, &RunOptions { quiet: true, ..Default::default() }).unwrap();
     let scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
-    let (by_domain, _) = accuracy_by_domain(&scorer, &cfg.data, &["oasst".to_string()], None, 0).unwrap();
+    let (by_domain, _) =
+        accuracy_by_domain(&scorer, &domain_test_sets(&cfg.data, &["oasst".to_string()], None, 0).unwrap()).unwrap();
     by_domain["oasst"].accuracy
 }
 

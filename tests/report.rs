@@ -28,6 +28,7 @@ fn results(method: &str, backbone: &str, seed: u64, hh: f64, oasst: f64, params:
         parts: vec![],
         switching: None,
         memory: None,
+        tasks: None,
     }
 }
 

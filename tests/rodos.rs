@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rmroute::config::{Method, RodosConfig, RouterConfig, TrainConfig};
-use rmroute::eval::routed_results;
+use rmroute::eval::{domain_test_sets, routed_results};
 use rmroute::load::{load_scorer, Kind, ScoreOptions};
 use rmroute::methods::rodos::train_rodos;
 use rmroute::model::LoadOptions;
@@ -64,7 +64,8 @@ fn the_router_learns_the_domains_and_routing_costs_nothing() {
 
     let scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
     assert!(matches!(scorer.kind, Kind::Routed(_)));
-    let results = routed_results(&scorer, data.path(), &meta.domains, None, 0).unwrap().unwrap();
+    let results =
+        routed_results(&scorer, &domain_test_sets(data.path(), &meta.domains, None, 0).unwrap()).unwrap().unwrap();
     assert!(results.router.accuracy >= 0.95, "router accuracy {}", results.router.accuracy);
     for domain in &meta.domains {
         let (routed, oracle) = (results.routed[domain].accuracy, results.oracle[domain].accuracy);

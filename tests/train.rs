@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rmroute::config::{Method, TrainConfig};
 use rmroute::encoding::Truncation;
-use rmroute::eval::{accuracy_by_domain, test_pairs};
+use rmroute::eval::{accuracy_by_domain, domain_test_sets, test_pairs};
 use rmroute::load::{load_scorer, ScoreOptions};
 use rmroute::lora::{LoraConfig, TargetModules};
 use rmroute::methods::baseline::train_baseline;
@@ -62,7 +62,8 @@ fn config(backbone: &Path, data: &Path, out: &Path) -> TrainConfig {
 fn test_accuracy(run: &Path, data: &Path) -> f64 {
     let scorer = load_scorer(run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
     assert_eq!(scorer.single().unwrap().1, &Adapters::None, "a run scores with its top-level model");
-    let (by_domain, _) = accuracy_by_domain(&scorer, data, &["dahoas".to_string()], None, 0).unwrap();
+    let (by_domain, _) =
+        accuracy_by_domain(&scorer, &domain_test_sets(data, &["dahoas".to_string()], None, 0).unwrap()).unwrap();
     by_domain["dahoas"].accuracy
 }
 

@@ -6,9 +6,10 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use rmroute::data::io::write_atomic;
+use rmroute::data::PairRecord;
 use rmroute::eval::{
-    accuracy_by_domain, expert_shares, resident_memory, routed_results, seconds_per_step, switching_timings,
-    test_pairs, Memory, Results,
+    accuracy_by_domain, domain_test_sets, expert_shares, resident_memory, routed_results, seconds_per_step,
+    switching_timings, task_results, task_test_sets, Memory, Results,
 };
 use rmroute::load::{load_scorer, Kind, ScoreOptions};
 use rmroute::model::LoadOptions;
@@ -46,28 +47,31 @@ pub fn run(args: EvalArgs) -> Result<()> {
             args.model.display()
         );
     };
-    let domains = resolve_domains(&args.data, &meta.domains)?;
     let max_pairs = args.max_pairs.or(meta.config.max_eval_pairs);
     let seed = args.seed.unwrap_or(meta.seed);
+    let sets = if meta.routes_by_task {
+        let folders = resolve_domains(&args.data, &meta.config.domains)?;
+        task_test_sets(&args.data, &folders, max_pairs, seed)?
+    } else {
+        domain_test_sets(&args.data, &resolve_domains(&args.data, &meta.domains)?, max_pairs, seed)?
+    };
     // A routed run is scored once with the router's choices and once with the true domains.
-    let routed = routed_results(&scorer, &args.data, &domains, max_pairs, seed)?;
-    let experts = expert_shares(&scorer, &args.data, &domains, max_pairs, seed)?;
+    let routed = routed_results(&scorer, &sets)?;
+    let experts = expert_shares(&scorer, &sets)?;
+    let tasks = task_results(&scorer, &sets)?;
     let (by_domain, pairs_per_second) = match &routed {
         Some(r) => (r.routed.clone(), r.pairs_per_second),
-        None => accuracy_by_domain(&scorer, &args.data, &domains, max_pairs, seed)?,
+        None => accuracy_by_domain(&scorer, &sets)?,
     };
     // Table 6's "one input from each dataset": the first test prompts and chosen responses of each domain.
-    let mut samples = Vec::new();
-    for d in &domains {
-        samples.extend(test_pairs(&args.data, d, None, seed)?.into_iter().take(8));
-    }
+    let samples: Vec<&PairRecord> = sets.values().flat_map(|records| records.iter().take(8)).collect();
     let inputs: Vec<(&str, &str)> = samples.iter().map(|p| (p.prompt.as_str(), p.chosen.as_str())).collect();
     let step = seconds_per_step(&scorer, &inputs, 40)?;
     // ARLISS: mixed-domain batches, one pass with an adapter per row against switching adapters.
     let switches = matches!(&scorer.kind, Kind::Routed(r) if r.switching().is_some());
     let mut mixed = Vec::new();
-    for d in domains.iter().filter(|_| switches) {
-        mixed.push(test_pairs(&args.data, d, Some(64), seed)?);
+    for records in sets.values().filter(|_| switches) {
+        mixed.push(records.iter().take(64).cloned().collect());
     }
     let switching = if switches { switching_timings(&mut scorer, &mixed)? } else { None };
     let memory = match (loaded, resident_memory()) {
@@ -95,6 +99,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         parts: meta.parts.clone(),
         switching,
         memory,
+        tasks,
     };
     match (&results.oracle, &results.router) {
         (Some(oracle), Some(router)) => {
@@ -120,6 +125,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     if let Some(shares) = &results.experts {
         println!("\n{}", rmroute::report::experts_markdown(shares));
+    }
+    if let Some(tasks) = &results.tasks {
+        println!("\n{}", rmroute::report::tasks_markdown(tasks));
     }
     println!("{:.4} s per step (one input), {:.1} pairs/s at batch 32", step, pairs_per_second);
     if let Some(timings) = &results.switching {

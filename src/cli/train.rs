@@ -8,6 +8,7 @@ use clap::Args;
 use rmroute::config::TrainConfig;
 use rmroute::methods::arliss::train_arliss;
 use rmroute::methods::baseline::train_baseline;
+use rmroute::methods::dmoerm::train_dmoerm;
 use rmroute::methods::more::train_more;
 use rmroute::methods::rodos::train_rodos;
 use rmroute::train::trainer::RunOptions;
@@ -115,5 +116,13 @@ pub fn run_more(args: TrainArgs) -> Result<()> {
     let device = super::device(&cfg.device)?;
     let out = train_more(&cfg, device, &args.options())?;
     println!("trained more → {}", out.display());
+    Ok(())
+}
+
+pub fn run_dmoerm(args: TrainArgs) -> Result<()> {
+    let cfg = args.config()?;
+    let device = super::device(&cfg.device)?;
+    let out = train_dmoerm(&cfg, device, &args.options())?;
+    println!("trained dmoerm → {}", out.display());
     Ok(())
 }

@@ -45,5 +45,6 @@ fn convert_line(at: &At, text: &str, id_prefix: &str) -> Result<Outcome, RecordE
         chosen: chosen_reply.to_string(),
         rejected: rejected_reply.to_string(),
         aspects: None,
+        task: None,
     }))
 }

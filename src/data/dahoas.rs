@@ -17,6 +17,7 @@ pub fn convert(path: &Path, id_prefix: &str, out: &mut Conversion) -> Result<(),
             chosen: at.text_field(&obj, "chosen")?.trim().to_string(),
             rejected: at.text_field(&obj, "rejected")?.trim().to_string(),
             aspects: None,
+            task: None,
         }))
     })
 }

@@ -26,7 +26,7 @@ fn make_pair(id: String, prompt: String, endings: &[String], label: usize, seed:
     }
     let mut rng = StdRng::seed_from_u64(mix(seed, stable_hash(id.as_bytes())));
     let rejected = wrong[rng.random_range(0..wrong.len())].trim().to_string();
-    Outcome::Pair(PairRecord { id, domain: "hellaswag".into(), prompt, chosen, rejected, aspects: None })
+    Outcome::Pair(PairRecord { id, domain: "hellaswag".into(), prompt, chosen, rejected, aspects: None, task: None })
 }
 
 fn check_endings(at: &At, field: &str, endings: &[String], label: usize) -> Result<(), RecordError> {

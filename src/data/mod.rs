@@ -12,6 +12,7 @@ pub mod prepare;
 pub mod record;
 pub mod shp;
 pub mod split;
+pub mod task;
 
 pub use error::RecordError;
 pub use record::{read_pairs, PairRecord};

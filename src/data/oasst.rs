@@ -199,6 +199,7 @@ fn pair_messages(path: &Path, messages: &[Message], id_prefix: &str, out: &mut C
                 chosen: best.text.clone(),
                 rejected: other.text.clone(),
                 aspects: aspects(&best.labels, &other.labels),
+                task: None,
             });
         }
     }

@@ -20,6 +20,9 @@ pub struct PairRecord {
     /// Capability-point preferences (+1 chosen better, -1 rejected better, 0 tie) where the source has them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aspects: Option<BTreeMap<String, i8>>,
+    /// The task category DMoERM's outer router routes by, where records carry one (default: the domain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
 }
 
 /// Reads a prepared pair file; a bad line is an error naming the file and the line.

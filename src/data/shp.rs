@@ -32,5 +32,6 @@ fn convert_line(at: &At, text: &str, id_prefix: &str) -> Result<Outcome, RecordE
         chosen: chosen.to_string(),
         rejected: rejected.to_string(),
         aspects: None,
+        task: None,
     }))
 }

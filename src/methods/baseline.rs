@@ -45,6 +45,8 @@ pub fn train_baseline(cfg: &TrainConfig, device: candle_core::Device, opts: &Run
             adapters: model.adapters.clone(),
             parts: vec![],
             base: None,
+            aspect_pairs: BTreeMap::new(),
+            routes_by_task: false,
         }
         .write(staged)
     })?;

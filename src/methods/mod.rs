@@ -2,6 +2,7 @@
 
 pub mod arliss;
 pub mod baseline;
+pub mod dmoerm;
 pub mod more;
 pub mod rodos;
 pub mod routed;

@@ -202,6 +202,8 @@ pub fn train_more(cfg: &TrainConfig, device: candle_core::Device, opts: &RunOpti
         adapters: BTreeMap::new(),
         parts: vec![],
         base: None,
+        aspect_pairs: BTreeMap::new(),
+        routes_by_task: false,
     }
     .write(staged.path())?;
     staged.commit()?;

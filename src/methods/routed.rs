@@ -209,7 +209,7 @@ fn reward_part(
 }
 
 /// The router over every domain (ARLISS: an adapter with a classifier head), or its finished stage.
-fn router_part(
+pub(crate) fn router_part(
     method: Method,
     cfg: &TrainConfig,
     name: &str,
@@ -280,6 +280,8 @@ fn write_manifest(
         adapters: BTreeMap::new(),
         parts,
         base,
+        aspect_pairs: BTreeMap::new(),
+        routes_by_task: false,
     }
     .write(&cfg.out)
 }
@@ -300,7 +302,7 @@ fn router_config(cfg: &TrainConfig, domains: &[String], dir: &Path) -> Result<Tr
 
 /// A stage resumes from its own checkpoint when the run resumes; `stop_after` applies to the stage
 /// `stop_in_stage` names (or to every stage when it names none).
-fn stage_options(opts: &RunOptions, name: &str, dir: &Path) -> RunOptions {
+pub(crate) fn stage_options(opts: &RunOptions, name: &str, dir: &Path) -> RunOptions {
     let has_checkpoint = dir.join("checkpoint/state.json").is_file()
         || StagedDir::moved_aside(&dir.join("checkpoint")).is_some_and(|d| d.join("state.json").is_file());
     let stops_here = opts.stop_in_stage.as_deref().is_none_or(|s| s == name);
@@ -313,11 +315,12 @@ fn stage_options(opts: &RunOptions, name: &str, dir: &Path) -> RunOptions {
     }
 }
 
-fn part_record(name: &str, role: Role, domain: Option<&str>, m: &TrainedModel) -> Part {
+pub(crate) fn part_record(name: &str, role: Role, domain: Option<&str>, m: &TrainedModel) -> Part {
     Part {
         name: name.to_string(),
         role,
         domain: domain.map(str::to_string),
+        aspect: None,
         path: format!("stages/{name}"),
         train_examples: m.trained.train_pairs,
         truncated: m.trained.truncated,

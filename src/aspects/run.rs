@@ -1,0 +1,378 @@
+//! One `label-aspects` run: read the splits, ask every question not answered before with a few
+//! worker threads, rewrite each split as soon as its questions are done, and count the outcome.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::answers::{AnswerKey, AnswerLog, AnswerRecord};
+use super::client::{AskError, ChatClient, ClientError, Failure};
+use super::{
+    parse_verdict, question_hash, question_messages, request_body, Aspect, AspectCounts, LabelSummary, Order,
+    PairOutcome, Verdict,
+};
+use crate::data::io::{write_atomic, write_atomic_with};
+use crate::data::{read_pairs, PairRecord};
+use crate::train::trainer::resolve_domains;
+
+/// The answer log's name inside each domain folder.
+pub const ANSWERS_FILE: &str = "aspect-answers.jsonl";
+/// The summary's name inside the data folder.
+pub const SUMMARY_FILE: &str = "aspect-labels.json";
+
+/// Questions in a row that ran out of retries on server or network failures before the run gives up:
+/// the server is down, and asking on would only spend every question's retries.
+const MAX_FAILED_IN_A_ROW: usize = 8;
+/// Unanswered questions named on stderr; the rest are only counted.
+const SHOWN_UNANSWERED: usize = 5;
+
+/// What to label, and with which judge model.
+pub struct LabelOptions {
+    pub data: PathBuf,
+    /// Domains to label; empty: every prepared domain.
+    pub domains: Vec<String>,
+    pub splits: Vec<String>,
+    pub aspects: Vec<Aspect>,
+    pub model: String,
+    pub concurrency: usize,
+    pub quiet: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct RunReport {
+    pub summary: LabelSummary,
+    /// Questions in all (pairs × capability points × 2 orders).
+    pub questions: usize,
+    /// Answered in an earlier run.
+    pub reused: usize,
+    /// Answered in this run.
+    pub asked: usize,
+    /// Retried failures, by kind.
+    pub retries: BTreeMap<&'static str, usize>,
+    /// Questions whose retries ran out; asked again next run.
+    pub unanswered: usize,
+    /// Split files whose labels changed.
+    pub rewritten: Vec<PathBuf>,
+    pub summary_path: PathBuf,
+}
+
+/// One split as read; shared with the workers.
+struct SplitData {
+    domain: usize,
+    name: String,
+    path: PathBuf,
+    records: Vec<PairRecord>,
+}
+
+/// One split's answers so far: `[chosen first, rejected first]` per record and capability point.
+struct SplitAnswers {
+    answers: Vec<[Option<Verdict>; 2]>,
+    pending: usize,
+}
+
+struct Job {
+    split: usize,
+    record: usize,
+    aspect: usize,
+    order: Order,
+    question: String,
+}
+
+enum Event {
+    Retry(Failure),
+    Answered { job: usize, verdict: Verdict, reply: String },
+    Unanswered { job: usize, failure: Failure },
+    Fatal(ClientError),
+}
+
+/// The two messages of a record's question, with the responses in `order`.
+fn messages_for(record: &PairRecord, aspect: &Aspect, order: Order) -> [String; 2] {
+    match order {
+        Order::ChosenFirst => question_messages(&record.prompt, &record.chosen, &record.rejected, aspect),
+        Order::RejectedFirst => question_messages(&record.prompt, &record.rejected, &record.chosen, aspect),
+    }
+}
+
+pub fn label_aspects(opts: &LabelOptions, client: &ChatClient) -> Result<RunReport> {
+    let domains = resolve_domains(&opts.data, &opts.domains)?;
+    let n_aspects = opts.aspects.len();
+    let mut logs = Vec::new();
+    let mut data = Vec::new();
+    let mut state = Vec::new();
+    let mut jobs = Vec::new();
+    let mut report = RunReport::default();
+    for (d, domain) in domains.iter().enumerate() {
+        let (log, stored) = AnswerLog::open(&opts.data.join(domain).join(ANSWERS_FILE), &opts.model)?;
+        if stored.skipped_partial_line {
+            eprintln!("{}: dropped a last line cut short by a killed run", log.path().display());
+        }
+        for name in &opts.splits {
+            let path = opts.data.join(domain).join(format!("{name}.jsonl"));
+            if !path.is_file() {
+                bail!("no {} (run `rmroute prepare` first, or leave the split out with --splits)", path.display());
+            }
+            let records = read_pairs(&path)?;
+            let mut answers = vec![[None; 2]; records.len() * n_aspects];
+            let mut pending = 0;
+            for (r, record) in records.iter().enumerate() {
+                for (a, aspect) in opts.aspects.iter().enumerate() {
+                    for order in Order::BOTH {
+                        let question = question_hash(&messages_for(record, aspect, order));
+                        let key = AnswerKey {
+                            split: name.clone(),
+                            id: record.id.clone(),
+                            aspect: aspect.name.clone(),
+                            order,
+                            question,
+                        };
+                        match stored.answers.get(&key) {
+                            Some(verdict) => {
+                                answers[r * n_aspects + a][order.index()] = Some(*verdict);
+                                report.reused += 1;
+                            }
+                            None => {
+                                jobs.push(Job {
+                                    split: data.len(),
+                                    record: r,
+                                    aspect: a,
+                                    order,
+                                    question: key.question,
+                                });
+                                pending += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            data.push(SplitData { domain: d, name: name.clone(), path, records });
+            state.push(SplitAnswers { answers, pending });
+        }
+        logs.push(log);
+    }
+    report.questions = report.reused + jobs.len();
+
+    for (s, split) in state.iter().enumerate() {
+        if split.pending == 0 && rewrite_split(&data[s], &split.answers, &opts.aspects)? {
+            report.rewritten.push(data[s].path.clone());
+        }
+    }
+
+    let bar = if opts.quiet { ProgressBar::hidden() } else { ProgressBar::new(report.questions as u64) };
+    bar.set_style(ProgressStyle::with_template(
+        "asking {bar:30} {pos}/{len} questions [{elapsed_precise}<{eta_precise}] {msg}",
+    )?);
+    bar.set_position(report.reused as u64);
+    let stop = AtomicBool::new(false);
+    let next = AtomicUsize::new(0);
+    let mut error: Option<anyhow::Error> = None;
+    let mut failed_in_a_row = 0;
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..opts.concurrency.max(1).min(jobs.len()) {
+            let tx = tx.clone();
+            let (jobs, data, stop, next) = (&jobs, &data, &stop, &next);
+            scope.spawn(move || worker(jobs, data, &opts.aspects, &opts.model, client, next, stop, tx));
+        }
+        drop(tx);
+        let fail = |error: &mut Option<anyhow::Error>, e: anyhow::Error| {
+            stop.store(true, Ordering::Relaxed);
+            error.get_or_insert(e);
+        };
+        for event in rx {
+            let job = match event {
+                Event::Retry(failure) => {
+                    *report.retries.entry(failure.kind()).or_default() += 1;
+                    bar.set_message(format!("{} retried", report.retries.values().sum::<usize>()));
+                    continue;
+                }
+                Event::Fatal(e) => {
+                    fail(&mut error, e.into());
+                    continue;
+                }
+                Event::Answered { job, verdict, reply } => {
+                    let j = &jobs[job];
+                    let split = &data[j.split];
+                    let record = AnswerRecord {
+                        split: split.name.clone(),
+                        id: split.records[j.record].id.clone(),
+                        aspect: opts.aspects[j.aspect].name.clone(),
+                        order: j.order,
+                        model: opts.model.clone(),
+                        question: j.question.clone(),
+                        answer: verdict,
+                        reply,
+                    };
+                    if let Err(e) = logs[split.domain].append(&record) {
+                        fail(&mut error, e.into());
+                        continue;
+                    }
+                    state[j.split].answers[j.record * n_aspects + j.aspect][j.order.index()] = Some(verdict);
+                    report.asked += 1;
+                    failed_in_a_row = 0;
+                    j
+                }
+                Event::Unanswered { job, failure } => {
+                    let j = &jobs[job];
+                    report.unanswered += 1;
+                    if report.unanswered <= SHOWN_UNANSWERED {
+                        let split = &data[j.split];
+                        bar.suspend(|| {
+                            eprintln!(
+                                "unanswered ({failure}): {} `{}`, {}, {}{}",
+                                split.path.display(),
+                                split.records[j.record].id,
+                                opts.aspects[j.aspect].name,
+                                j.order,
+                                if report.unanswered == SHOWN_UNANSWERED { " (further ones only counted)" } else { "" }
+                            )
+                        });
+                    }
+                    if failure.is_transport() {
+                        failed_in_a_row += 1;
+                        if failed_in_a_row >= MAX_FAILED_IN_A_ROW.max(2 * opts.concurrency) {
+                            let e = anyhow!(
+                                "{failed_in_a_row} questions in a row failed every retry (last: {failure}); is the \
+                                 server at {} up?",
+                                client.url()
+                            );
+                            fail(&mut error, e);
+                        }
+                    }
+                    j
+                }
+            };
+            bar.inc(1);
+            let split = &mut state[job.split];
+            split.pending -= 1;
+            if split.pending == 0 {
+                match rewrite_split(&data[job.split], &split.answers, &opts.aspects) {
+                    Ok(true) => report.rewritten.push(data[job.split].path.clone()),
+                    Ok(false) => {}
+                    Err(e) => fail(&mut error, e),
+                }
+            }
+        }
+    });
+    bar.finish_and_clear();
+    if let Some(e) = error {
+        bail!(
+            "{e:#}\n(the answers obtained so far are kept in {}/<domain>/{ANSWERS_FILE}; the same command asks only \
+             the questions left)",
+            opts.data.display()
+        );
+    }
+
+    report.summary = summarise(opts, &domains, &data, &state);
+    report.summary_path = opts.data.join(SUMMARY_FILE);
+    let mut json = serde_json::to_vec_pretty(&report.summary)?;
+    json.push(b'\n');
+    write_atomic(&report.summary_path, &json).with_context(|| format!("writing {}", report.summary_path.display()))?;
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn worker(
+    jobs: &[Job],
+    data: &[SplitData],
+    aspects: &[Aspect],
+    model: &str,
+    client: &ChatClient,
+    next: &AtomicUsize,
+    stop: &AtomicBool,
+    tx: mpsc::Sender<Event>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(job) = jobs.get(i) else { return };
+        let record = &data[job.split].records[job.record];
+        let body = request_body(model, &messages_for(record, &aspects[job.aspect], job.order));
+        let mut on_retry = |failure: &Failure| {
+            let _ = tx.send(Event::Retry(failure.clone()));
+        };
+        let event = match client.ask(&body, parse_verdict, stop, &mut on_retry) {
+            Ok((verdict, reply)) => Event::Answered { job: i, verdict, reply },
+            Err(AskError::Exhausted(failure)) => Event::Unanswered { job: i, failure },
+            Err(AskError::Fatal(e)) => {
+                // Stop the other workers now, not once the main thread reads this.
+                stop.store(true, Ordering::Relaxed);
+                Event::Fatal(e)
+            }
+            Err(AskError::Stopped) => return,
+        };
+        if tx.send(event).is_err() {
+            return;
+        }
+    }
+}
+
+/// The split's records with the asked capability points set from the answers: a consistent pair gets
+/// its label, any other loses the key; other keys stay as they were.
+fn labelled(data: &SplitData, answers: &[[Option<Verdict>; 2]], aspects: &[Aspect]) -> Vec<PairRecord> {
+    data.records
+        .iter()
+        .enumerate()
+        .map(|(r, record)| {
+            let mut map = record.aspects.clone().unwrap_or_default();
+            for (a, aspect) in aspects.iter().enumerate() {
+                match PairOutcome::of(answers[r * aspects.len() + a]) {
+                    PairOutcome::Label(label) => map.insert(aspect.name.clone(), label),
+                    PairOutcome::Inconsistent | PairOutcome::Unanswered => map.remove(&aspect.name),
+                };
+            }
+            PairRecord { aspects: (!map.is_empty()).then_some(map), ..record.clone() }
+        })
+        .collect()
+}
+
+/// Rewrites the split file atomically when its labels changed; true when it did.
+fn rewrite_split(data: &SplitData, answers: &[[Option<Verdict>; 2]], aspects: &[Aspect]) -> Result<bool> {
+    let records = labelled(data, answers, aspects);
+    if records == data.records {
+        return Ok(false);
+    }
+    write_pairs(&data.path, &records).with_context(|| format!("rewriting {}", data.path.display()))?;
+    Ok(true)
+}
+
+fn write_pairs(path: &Path, records: &[PairRecord]) -> std::io::Result<()> {
+    write_atomic_with(path, |w| {
+        for record in records {
+            serde_json::to_writer(&mut *w, record)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+}
+
+fn summarise(opts: &LabelOptions, domains: &[String], data: &[SplitData], state: &[SplitAnswers]) -> LabelSummary {
+    let mut summary = LabelSummary {
+        model: opts.model.clone(),
+        domains: domains.to_vec(),
+        splits: opts.splits.clone(),
+        ..Default::default()
+    };
+    let empty = || -> BTreeMap<String, AspectCounts> {
+        opts.aspects.iter().map(|a| (a.name.clone(), AspectCounts::default())).collect()
+    };
+    summary.aspects.extend(empty());
+    for (split, answers) in data.iter().zip(state) {
+        let by_split = summary.by_domain.entry(domains[split.domain].clone()).or_default();
+        let by_aspect = by_split.entry(split.name.clone()).or_insert_with(empty);
+        for r in 0..split.records.len() {
+            for (a, aspect) in opts.aspects.iter().enumerate() {
+                let outcome = PairOutcome::of(answers.answers[r * opts.aspects.len() + a]);
+                for counts in [&mut *by_aspect, &mut summary.aspects] {
+                    if let Some(c) = counts.get_mut(&aspect.name) {
+                        c.add(outcome);
+                    }
+                }
+            }
+        }
+    }
+    summary
+}
