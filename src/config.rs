@@ -313,9 +313,9 @@ impl TrainConfig {
                 anyhow::ensure!(stage.lr.is_none_or(|lr| lr > 0.0), "`dmoerm.{name}.lr` must be positive");
                 anyhow::ensure!(stage.batch_size != Some(0), "`dmoerm.{name}.batch_size` must be positive");
             }
-            if let Some(bad) = d.aspects.iter().find(|a| a.is_empty() || a.contains(['/', '\\']) || a.starts_with('.'))
-            {
-                anyhow::bail!("`dmoerm.aspects`: `{bad}` is not an aspect name");
+            for aspect in &d.aspects {
+                crate::data::record::check_name(aspect)
+                    .map_err(|why| anyhow::anyhow!("`dmoerm.aspects`: not an aspect name: {why}"))?;
             }
         }
         let routers = [

@@ -77,6 +77,10 @@ pub struct TaskResults {
     /// The aggregator over the experts, on the overall preference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aggregator: Option<DomainResult>,
+    /// Aspects the task's pairs carry that got no expert (under `dmoerm.min_aspect_pairs`), with their
+    /// labelled stage-1 pairs.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub without_expert: BTreeMap<String, usize>,
 }
 
 /// One capability expert: on its own point (the test pairs labelled on it, turned to its preference;
@@ -106,10 +110,16 @@ pub fn task_results(scorer: &Scorer, sets: &TestSets) -> Result<Option<BTreeMap<
             Some(_) => Some(accuracy(records, |inputs| inner.score(inputs, inputs.len()))?),
             None => None,
         };
-        out.insert(
-            domain.clone(),
-            TaskResults { single_expert: inner.experts.is_empty(), phase1, experts, aggregator },
-        );
+        let without_expert = scorer
+            .run
+            .as_ref()
+            .and_then(|meta| meta.aspect_pairs.get(domain))
+            .map(|counts| {
+                counts.iter().filter(|(a, _)| !experts.contains_key(*a)).map(|(a, n)| (a.clone(), *n)).collect()
+            })
+            .unwrap_or_default();
+        let single_expert = inner.experts.is_empty();
+        out.insert(domain.clone(), TaskResults { single_expert, phase1, experts, aggregator, without_expert });
     }
     Ok(Some(out))
 }

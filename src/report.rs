@@ -241,12 +241,21 @@ pub fn tasks_markdown(tasks: &BTreeMap<String, crate::eval::TaskResults>) -> Str
     );
     let result = |r: &crate::eval::DomainResult| format!("{:.4} ({})", r.accuracy, r.pairs);
     for (task, t) in tasks {
-        let stage1 =
-            if t.single_expert { "reward model (single expert: no aspect labels)" } else { "stage-1 reward model" };
+        let few: Vec<String> = t.without_expert.iter().map(|(a, n)| format!("{a} {n}")).collect();
+        let stage1 = match (t.single_expert, few.is_empty()) {
+            (true, true) => "reward model (single expert: no aspect labels)".to_string(),
+            (true, false) => {
+                format!("reward model (single expert: too few labelled pairs for an expert: {})", few.join(", "))
+            }
+            (false, _) => "stage-1 reward model".to_string(),
+        };
         md.push_str(&format!("| {task} | {stage1} | - | {:.4} |\n", t.phase1.accuracy));
         for (aspect, e) in &t.experts {
             let point = e.point.as_ref().map(result).unwrap_or_else(|| "no labelled test pairs".into());
             md.push_str(&format!("| {task} | expert `{aspect}` | {point} | {:.4} |\n", e.overall.accuracy));
+        }
+        if !t.single_expert && !few.is_empty() {
+            md.push_str(&format!("| {task} | no expert (too few labelled pairs): {} | - | - |\n", few.join(", ")));
         }
         if let Some(a) = &t.aggregator {
             md.push_str(&format!("| {task} | aggregator over {} experts | - | {:.4} |\n", t.experts.len(), a.accuracy));

@@ -103,17 +103,38 @@ pub struct Part {
     pub trainable_parameters: usize,
 }
 
-/// `stage.json`: a finished stage's part, and the settings it was trained with.
+/// `stage.json`: a finished stage's part, the settings it was trained with, and a fingerprint of what it
+/// was trained on.
 #[derive(Serialize, Deserialize)]
 struct StageRecord {
     part: Part,
     config: TrainConfig,
+    /// The SHA-256 of the stage's training examples ([`fingerprint`]); absent in older runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    inputs: Option<String>,
+}
+
+/// A fingerprint of a stage's training inputs: the SHA-256 of `items` in order, each length-prefixed.
+pub fn fingerprint<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for item in items {
+        hash.update((item.len() as u64).to_le_bytes());
+        hash.update(item.as_bytes());
+    }
+    format!("{:x}", hash.finalize())
+}
+
+/// The fingerprint of training pairs: their ids and texts, in order.
+pub fn pairs_fingerprint(pairs: &[crate::data::PairRecord]) -> String {
+    fingerprint(pairs.iter().flat_map(|p| [p.id.as_str(), p.prompt.as_str(), p.chosen.as_str(), p.rejected.as_str()]))
 }
 
 impl Part {
     /// A finished stage's part (its `stage.json`), if the stage finished; an error when it was
-    /// trained with other settings than `config` (a resumed run must not mix them).
-    pub fn read_done(stage_dir: &Path, config: &TrainConfig) -> Result<Option<Self>> {
+    /// trained with other settings than `config` or on other inputs than `inputs` (a resumed run must
+    /// not mix them).
+    pub fn read_done(stage_dir: &Path, config: &TrainConfig, inputs: &str) -> Result<Option<Self>> {
         let path = stage_dir.join("stage.json");
         if !path.is_file() {
             return Ok(None);
@@ -128,12 +149,19 @@ impl Part {
                 stage_dir.display()
             );
         }
+        if record.inputs.as_deref().is_some_and(|recorded| recorded != inputs) {
+            bail!(
+                "{} was trained on other data than this run has now (its training examples changed since): \
+                 start over with --force, or put the data back",
+                stage_dir.display()
+            );
+        }
         Ok(Some(record.part))
     }
 
-    /// Marks a stage directory (being staged) as finished with `config`.
-    pub fn write_done(&self, stage_dir: &Path, config: &TrainConfig) -> Result<()> {
-        let record = StageRecord { part: self.clone(), config: config.clone() };
+    /// Marks a stage directory (being staged) as finished with `config` on `inputs`.
+    pub fn write_done(&self, stage_dir: &Path, config: &TrainConfig, inputs: &str) -> Result<()> {
+        let record = StageRecord { part: self.clone(), config: config.clone(), inputs: Some(inputs.to_string()) };
         write_atomic(&stage_dir.join("stage.json"), &serde_json::to_vec_pretty(&record)?)?;
         Ok(())
     }

@@ -127,6 +127,12 @@ fn experts_learn_their_points_and_the_aggregator_beats_each_of_them() {
         ["rm-combo", "expert-combo-fluency", "expert-combo-helpfulness", "aggregator-combo", "rm-plain", "router"]
     );
     assert_eq!(meta.total_parameters, meta.parts.iter().map(|p| p.total_parameters).sum::<usize>());
+    // Stage 2 trains the experts' adapters and heads alone: the stage-1 encoder is frozen under them.
+    let stage1_parameters = meta.parts[0].total_parameters;
+    for expert in meta.parts.iter().filter(|p| p.name.starts_with("expert-")) {
+        assert_eq!(expert.trainable_parameters, expert.total_parameters, "{}", expert.name);
+        assert!(expert.total_parameters * 5 < stage1_parameters, "{}: {}", expert.name, expert.total_parameters);
+    }
     // Each expert's head is its own trained parameter, saved with its adapter.
     for aspect in ["fluency", "helpfulness"] {
         let dir = run.join(format!("stages/expert-combo-{aspect}"));
@@ -194,20 +200,27 @@ fn the_command_line_trains_evaluates_and_reports_a_single_task() {
     cfg["epochs"] = 1.into();
     cfg["dmoerm"]["expert"]["epochs"] = 1.into();
     cfg["dmoerm"]["aggregator"]["epochs"] = 2.into();
-    cfg["dmoerm"]["aspects"] = serde_json::json!(["helpfulness", "honesty"]);
     cfg["dmoerm"]["phase1"] = "lora".into();
     let cfg_path = out.path().join("dmoerm.json");
-    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
     let cfg_arg = cfg_path.display().to_string();
 
+    // An aspect no pair carries (a typo, or labels not made yet) is refused before anything is trained.
+    cfg["dmoerm"]["aspects"] = serde_json::json!(["helpfulness", "honesty"]);
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let output = common::rmroute(&["train-dmoerm", "--config", &cfg_arg]);
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(!output.status.success() && stderr.contains("aspect `honesty`"), "{stderr}");
+    assert!(!run.exists());
+
+    cfg["dmoerm"]["aspects"] = serde_json::json!(["helpfulness"]);
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
     let output = common::rmroute(&["train-dmoerm", "--config", &cfg_arg]);
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     assert!(output.status.success(), "{stderr}");
-    // One task: nothing to route; an aspect with no labels gets no expert, and the run says so.
-    assert!(stderr.contains("no expert for honesty (0)"), "{stderr}");
+    // One task: nothing to route.
     let meta = rmroute::run::RunMeta::read(&run).unwrap();
     assert!(meta.parts.iter().all(|p| p.name != "router"));
-    assert_eq!(meta.aspect_pairs["combo"]["honesty"], 0);
+    assert!(meta.aspect_pairs["combo"]["helpfulness"] >= 10, "{:?}", meta.aspect_pairs);
     // A LoRA stage 1 is merged into the task's reward model, on which the experts are trained.
     assert!(run.join("stages/rm-combo/adapters/default/adapter_config.json").is_file());
     let rm_config = std::fs::read_to_string(run.join("stages/rm-combo/config.json")).unwrap();
@@ -283,4 +296,29 @@ fn tasks_named_in_the_records_cut_across_the_domain_folders() {
     std::fs::write(&second, text).unwrap();
     let err = train_dmoerm(&cfg, candle_core::Device::Cpu, &RunOptions { force: true, ..quiet() }).unwrap_err();
     assert!(format!("{err:#}").contains("`stray/1`"), "{err:#}");
+}
+
+#[test]
+fn a_resumed_run_refuses_a_finished_stage_whose_data_changed() {
+    let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    common::write_tiny_bert(base.path(), 1, true, false);
+    write_combo(data.path(), "train", 60, 1);
+    write_combo(data.path(), "test", 10, 2);
+    let run = out.path().join("run");
+    let mut cfg = config(base.path(), data.path(), &run);
+    cfg.epochs = 1;
+    let stop = RunOptions { stop_after: Some(1), stop_in_stage: Some("expert-combo-fluency".into()), ..quiet() };
+    let err = train_dmoerm(&cfg, candle_core::Device::Cpu, &stop).unwrap_err();
+    assert!(err.downcast_ref::<StoppedEarly>().is_some(), "{err:#}");
+    // Stage 1 is finished; the pairs it was trained on change before the run resumes.
+    let train = data.path().join("combo/train.jsonl");
+    let text = std::fs::read_to_string(&train).unwrap();
+    std::fs::write(&train, text.replacen("w2", "w3", 200)).unwrap();
+    let resumed = RunOptions { resume: true, ..quiet() };
+    let err = format!("{:#}", train_dmoerm(&cfg, candle_core::Device::Cpu, &resumed).unwrap_err());
+    assert!(err.contains("stages/rm-combo") && err.contains("other data"), "{err}");
+    // Put back, it resumes; another learning rate for the aggregator alone does not undo stages 1 and 2.
+    std::fs::write(&train, text).unwrap();
+    cfg.dmoerm.as_mut().unwrap().aggregator.lr = Some(2e-2);
+    train_dmoerm(&cfg, candle_core::Device::Cpu, &resumed).unwrap();
 }

@@ -1,6 +1,8 @@
 //! `rmroute label-aspects` against a fake OpenAI-compatible judge on a loopback port: labels from both
 //! response orders, a position-biased point discarded, transient failures survived, resumption that
-//! never asks a question twice, and a refused key that stops the run with a hint.
+//! never asks a question twice, a refused key that stops the run with a hint, questions the server
+//! refuses or answers emptily left for the next run, labels label-aspects did not write kept unless
+//! --overwrite, and a 429 that pauses every worker.
 
 mod common;
 
@@ -8,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -41,6 +44,20 @@ struct Judge {
     refuse_after: Option<usize>,
     refused: usize,
     authorization: Vec<Option<String>>,
+    /// Pairs always answered 400 (too long for the context).
+    too_long: Vec<u32>,
+    /// Answer 400 to any request with `max_tokens`, as OpenAI's reasoning models do.
+    refuse_max_tokens: bool,
+    /// `max_tokens` of each request (null when absent).
+    max_tokens: Vec<Value>,
+    /// Pairs always answered with empty content cut off at the token limit, as thinking models do.
+    cut_off: Vec<u32>,
+    /// Answer the first request 429 (Retry-After: 1) and note when.
+    throttle_once: bool,
+    throttled_at: Option<Instant>,
+    arrivals: Vec<Instant>,
+    /// Time taken by each answer.
+    delay: Duration,
 }
 
 type Shared = Arc<Mutex<Judge>>;
@@ -99,10 +116,33 @@ async fn answer(State(state): State<Shared>, headers: HeaderMap, body: String) -
         _ => "TIE",
     };
 
-    let inject = {
+    let (inject, delay) = {
         let mut judge = state.lock().unwrap();
         judge.requests += 1;
         judge.authorization.push(headers.get("authorization").map(|v| v.to_str().unwrap().to_string()));
+        judge.arrivals.push(Instant::now());
+        judge.max_tokens.push(request.get("max_tokens").cloned().unwrap_or(Value::Null));
+        if judge.refuse_max_tokens && request.get("max_tokens").is_some() {
+            let message = "Unsupported parameter: 'max_tokens' is not supported with this model. Use \
+                           'max_completion_tokens' instead.";
+            let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": "max_tokens"}});
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+        if judge.too_long.contains(&pair) {
+            let message = "This model's maximum context length is 4096 tokens. However, your messages resulted in \
+                           5120 tokens.";
+            let body = json!({"error": {"message": message, "type": "invalid_request_error"}});
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+        if judge.cut_off.contains(&pair) {
+            let body = json!({"object": "chat.completion", "model": MODEL, "choices": [{"index": 0,
+                "message": {"role": "assistant", "content": ""}, "finish_reason": "length"}]});
+            return (StatusCode::OK, axum::Json(body)).into_response();
+        }
+        if judge.throttle_once && judge.throttled_at.is_none() {
+            judge.throttled_at = Some(Instant::now());
+            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "slow down").into_response();
+        }
         if judge.refuse_after.is_some_and(|k| judge.answered.values().sum::<usize>() >= k) {
             judge.refused += 1;
             let body = json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error"}});
@@ -114,8 +154,11 @@ async fn answer(State(state): State<Shared>, headers: HeaderMap, body: String) -
         } else {
             *judge.answered.entry(format!("pair-{pair}/{aspect}/{good_first}")).or_default() += 1;
         }
-        inject
+        (inject, judge.delay)
     };
+    if !delay.is_zero() {
+        tokio::task::spawn_blocking(move || std::thread::sleep(delay)).await.unwrap();
+    }
     if !inject {
         return completion(reply);
     }
@@ -134,7 +177,8 @@ async fn answer(State(state): State<Shared>, headers: HeaderMap, body: String) -
 }
 
 /// Domains `alpha` (8 train, 2 test pairs) and `beta` (2 + 2); pair N's prompt names `pair-N`, and the
-/// chosen response holds GOOD for even N, the rejected one for odd N. Some records carry aspects already.
+/// chosen response holds GOOD for even N, the rejected one for odd N. Pairs 0 and 3 carry a point that
+/// is not asked for, which stays.
 fn write_data(dir: &Path) -> usize {
     let mut n = 0;
     for (domain, train, test) in [("alpha", 8, 2), ("beta", 2, 2)] {
@@ -149,7 +193,7 @@ fn write_data(dir: &Path) -> usize {
                     "chosen": chosen, "rejected": rejected});
                 match n {
                     0 => record["aspects"] = json!({"toxicity": 1}),
-                    3 => record["aspects"] = json!({"helpfulness": 1, "position": -1, "toxicity": 0}),
+                    3 => record["aspects"] = json!({"toxicity": 0}),
                     _ => {}
                 }
                 text.push_str(&format!("{record}\n"));
@@ -184,6 +228,19 @@ fn label(endpoint: &str, dir: &Path, key: Option<&str>, extra: &[&str]) -> Outpu
     cmd.output().unwrap()
 }
 
+/// Sets the `aspects` of the `index`-th record of a split file, as `prepare` does for OASST.
+fn set_aspects(dir: &Path, file: &str, index: usize, aspects: Value) {
+    let path = dir.join("data").join(file);
+    let mut lines: Vec<Value> =
+        std::fs::read_to_string(&path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    lines[index]["aspects"] = aspects;
+    std::fs::write(&path, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+}
+
+fn summary(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("data/aspect-labels.json")).unwrap()).unwrap()
+}
+
 fn read_records(dir: &Path) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     for domain in ["alpha", "beta"] {
@@ -198,7 +255,7 @@ fn read_records(dir: &Path) -> BTreeMap<String, Value> {
     out
 }
 
-/// Every record has helpfulness ±1 by its marker and style 0; position is gone; toxicity stays.
+/// Every record has helpfulness ±1 by its marker and style 0; position has none; toxicity stays.
 fn assert_labelled(dir: &Path, before: &BTreeMap<String, Value>) {
     let after = read_records(dir);
     assert_eq!(after.len(), before.len());
@@ -326,4 +383,162 @@ fn a_refused_key_stops_the_run_and_names_the_variable() {
     assert!(!output.status.success());
     assert!(stderr.contains(&format!("{KEY_ENV} is not set")), "{stderr}");
     assert!(!dir.path().join("data/aspect-labels.json").exists());
+}
+
+#[test]
+fn a_question_the_server_refuses_is_left_for_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let questions = write_data(&dir.path().join("data")) * 3 * 2;
+    let before = read_records(dir.path());
+    // Pairs 7 (alpha/train/7), 8 and 9 (alpha/test/0 and 1) are too long for the judge.
+    let (judge, endpoint) = start(Judge { too_long: vec![7, 8, 9], ..Default::default() });
+    let output = label(&endpoint, dir.path(), None, &["--concurrency", "2"]);
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    common::stdout_ok(output);
+    assert!(stderr.contains("HTTP 400 (This model's maximum context length"), "{stderr}");
+    assert!(stderr.contains("18 questions got no answer"), "{stderr}");
+    assert_eq!(judge.lock().unwrap().requests, questions, "a refused question is not retried");
+    let summary = summary(dir.path());
+    assert_eq!(summary["aspects"]["helpfulness"]["unanswered"], 3);
+    assert_eq!(summary["aspects"]["helpfulness"]["chosen_better"], 6);
+    let unanswered = summary["unanswered"].as_array().unwrap();
+    assert_eq!(unanswered.len(), 18);
+    let first = unanswered.iter().find(|u| u["id"] == "alpha/train/7" && u["aspect"] == "style").unwrap();
+    assert!(first["file"].as_str().unwrap().ends_with("alpha/train.jsonl"), "{first}");
+    assert!(first["reason"].as_str().unwrap().contains("maximum context length is 4096"), "{first}");
+    let records = read_records(dir.path());
+    for id in ["alpha/train/7", "alpha/test/0", "alpha/test/1"] {
+        assert_eq!(records[id]["aspects"], Value::Null, "{id}: unanswered, no label");
+    }
+    assert_eq!(records["alpha/train/6"]["aspects"], json!({"helpfulness": 1, "style": 0}));
+
+    // A second run asks only the 18 again and still finishes, although every question it asks is refused.
+    let output = label(&endpoint, dir.path(), None, &["--concurrency", "2"]);
+    common::stdout_ok(output);
+    assert_eq!(judge.lock().unwrap().requests, questions + 18);
+
+    judge.lock().unwrap().too_long.clear();
+    common::stdout_ok(label(&endpoint, dir.path(), None, &[]));
+    assert_labelled(dir.path(), &before);
+    assert_eq!(judge.lock().unwrap().requests, questions + 36);
+}
+
+#[test]
+fn a_server_that_refuses_every_request_stops_the_run_with_its_reason_and_max_tokens_0_leaves_the_field_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let questions = write_data(&dir.path().join("data")) * 3 * 2;
+    let before = read_records(dir.path());
+    let (judge, endpoint) = start(Judge { refuse_max_tokens: true, ..Default::default() });
+    let output = label(&endpoint, dir.path(), None, &["--concurrency", "1"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("were refused") && stderr.contains("Unsupported parameter: 'max_tokens'"), "{stderr}");
+    assert!(stderr.contains("--max-tokens"), "{stderr}");
+    {
+        let judge = judge.lock().unwrap();
+        assert!(judge.requests < questions, "the run stopped early: {}", judge.requests);
+        assert!(judge.max_tokens.iter().all(|m| *m == json!(8)), "8 by default");
+    }
+
+    let output = label(&endpoint, dir.path(), None, &["--max-tokens", "0"]);
+    common::stdout_ok(output);
+    assert_labelled(dir.path(), &before);
+    let judge = judge.lock().unwrap();
+    assert!(judge.max_tokens.iter().rev().take(questions).all(Value::is_null));
+}
+
+#[test]
+fn an_empty_reply_is_asked_once_more_then_left_unanswered() {
+    let dir = tempfile::tempdir().unwrap();
+    let questions = write_data(&dir.path().join("data")) * 3 * 2;
+    let (judge, endpoint) = start(Judge { cut_off: vec![4], ..Default::default() });
+    let started = Instant::now();
+    let output = label(&endpoint, dir.path(), None, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    common::stdout_ok(output);
+    assert_eq!(judge.lock().unwrap().requests, questions + 6, "each of pair 4's 6 questions asked twice");
+    assert!(started.elapsed() < Duration::from_secs(10), "no back-off");
+    assert!(stderr.contains("token limit") && stderr.contains("6 questions got no answer"), "{stderr}");
+    assert_eq!(summary(dir.path())["aspects"]["style"]["unanswered"], 1);
+
+    // A thinking model that never answers within the limit stops the run with a hint.
+    let dir = tempfile::tempdir().unwrap();
+    write_data(&dir.path().join("data"));
+    let (judge, endpoint) = start(Judge { cut_off: (0..14).collect(), ..Default::default() });
+    let output = label(&endpoint, dir.path(), None, &["--concurrency", "1"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("no usable answer") && stderr.contains("--max-tokens"), "{stderr}");
+    assert!(judge.lock().unwrap().requests < 2 * questions);
+}
+
+#[test]
+fn labels_label_aspects_did_not_write_are_kept_unless_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let questions = write_data(&dir.path().join("data")) * 3 * 2;
+    let before = read_records(dir.path());
+    // Human labels on pairs 3 and 5 (lines 4 and 6 of alpha/train.jsonl), as `prepare` writes for OASST.
+    set_aspects(dir.path(), "alpha/train.jsonl", 3, json!({"helpfulness": 1, "position": -1, "toxicity": 0}));
+    set_aspects(dir.path(), "alpha/train.jsonl", 5, json!({"helpfulness": 1, "position": 1}));
+    let human = common::files(&dir.path().join("data"));
+    let (judge, endpoint) = start(Judge { too_long: vec![5], ..Default::default() });
+
+    let output = label(&endpoint, dir.path(), None, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("alpha/train.jsonl:4: the pair already has a `helpfulness` label"), "{stderr}");
+    assert!(stderr.contains("(and 3 more") && stderr.contains("`llm_helpfulness`"), "{stderr}");
+    assert!(stderr.contains("--overwrite"), "{stderr}");
+    assert_eq!(judge.lock().unwrap().requests, 0, "refused before asking anything");
+    for (path, bytes) in &human {
+        assert_eq!(&common::files(&dir.path().join("data"))[path], bytes, "{}", path.display());
+    }
+
+    // --overwrite replaces pair 3's labels (the judge says -1; position disagrees, so it goes); pair 5's
+    // questions are refused, so its labels stay.
+    common::stdout_ok(label(&endpoint, dir.path(), None, &["--overwrite"]));
+    let records = read_records(dir.path());
+    assert_eq!(records["alpha/train/3"]["aspects"], json!({"helpfulness": -1, "style": 0, "toxicity": 0}));
+    assert_eq!(records["alpha/train/5"]["aspects"], json!({"helpfulness": 1, "position": 1}));
+
+    // Pair 5's labels are still not label-aspects' own.
+    let output = label(&endpoint, dir.path(), None, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("alpha/train.jsonl:6: the pair already has a `helpfulness` label"), "{stderr}");
+
+    judge.lock().unwrap().too_long.clear();
+    common::stdout_ok(label(&endpoint, dir.path(), None, &["--overwrite"]));
+    assert_labelled(dir.path(), &before);
+
+    // Every label is now label-aspects' own: no --overwrite needed, nothing asked, nothing changed.
+    let files = common::files(dir.path());
+    let requests = judge.lock().unwrap().requests;
+    let output = label(&endpoint, dir.path(), None, &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    common::stdout_ok(output);
+    assert!(stderr.contains(&format!("{questions} answered before, 0 asked now")), "{stderr}");
+    assert_eq!(judge.lock().unwrap().requests, requests);
+    assert_eq!(common::files(dir.path()), files);
+}
+
+#[test]
+fn a_429_pauses_every_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let questions = write_data(&dir.path().join("data")) * 3 * 2;
+    let before = read_records(dir.path());
+    let judge = Judge { throttle_once: true, delay: Duration::from_millis(40), ..Default::default() };
+    let (judge, endpoint) = start(judge);
+    common::stdout_ok(label(&endpoint, dir.path(), None, &["--concurrency", "4"]));
+    assert_labelled(dir.path(), &before);
+    let judge = judge.lock().unwrap();
+    assert_eq!(judge.requests, questions + 1);
+    let at = judge.throttled_at.unwrap();
+    let during: Vec<Duration> = judge
+        .arrivals
+        .iter()
+        .map(|t| t.saturating_duration_since(at))
+        .filter(|d| (Duration::from_millis(300)..Duration::from_millis(900)).contains(d))
+        .collect();
+    assert!(during.is_empty(), "requests during the Retry-After second: {during:?}");
 }

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use rmroute::eval::{DomainResult, Results};
+use rmroute::eval::{DomainResult, ExpertResult, Results, TaskResults};
 use rmroute::plot::{accuracy_figure, curves_figure};
-use rmroute::report::{mean_std, read_results, tables, write_csv};
+use rmroute::report::{mean_std, read_results, tables, tasks_markdown, write_csv};
 
 fn results(method: &str, backbone: &str, seed: u64, hh: f64, oasst: f64, params: usize) -> Results {
     let mut domains = BTreeMap::new();
@@ -100,4 +100,47 @@ fn plots_are_svg_with_one_bar_per_method_and_domain_and_one_curve_per_run() {
     curves_figure(&[("baseline seed 1".to_string(), run.as_path())], &curves).unwrap();
     let svg = std::fs::read_to_string(&curves).unwrap();
     assert!(svg.contains("Training loss") && svg.contains("baseline seed 1") && svg.contains("<polyline"), "{svg}");
+}
+
+#[test]
+fn dmoerm_tasks_say_which_are_single_experts_and_why() {
+    let r = |accuracy: f64| DomainResult { pairs: 10, accuracy };
+    let mut tasks = BTreeMap::new();
+    let experts: BTreeMap<String, ExpertResult> =
+        [("helpfulness".to_string(), ExpertResult { point: Some(r(0.9)), overall: r(0.6) })].into();
+    let few: BTreeMap<String, usize> = [("humor".to_string(), 3)].into();
+    tasks.insert(
+        "oasst".to_string(),
+        TaskResults {
+            single_expert: false,
+            phase1: r(0.7),
+            experts,
+            aggregator: Some(r(0.8)),
+            without_expert: few.clone(),
+        },
+    );
+    let none = BTreeMap::new();
+    tasks.insert(
+        "plain".to_string(),
+        TaskResults {
+            single_expert: true,
+            phase1: r(0.5),
+            experts: none.clone(),
+            aggregator: None,
+            without_expert: BTreeMap::new(),
+        },
+    );
+    tasks.insert(
+        "sparse".to_string(),
+        TaskResults { single_expert: true, phase1: r(0.5), experts: none, aggregator: None, without_expert: few },
+    );
+    let md = tasks_markdown(&tasks);
+    assert!(md.contains("| oasst | expert `helpfulness` | 0.9000 (10) | 0.6000 |"), "{md}");
+    assert!(md.contains("| oasst | no expert (too few labelled pairs): humor 3 |"), "{md}");
+    assert!(md.contains("| oasst | aggregator over 1 experts | - | 0.8000 |"), "{md}");
+    assert!(md.contains("| plain | reward model (single expert: no aspect labels) |"), "{md}");
+    assert!(
+        md.contains("| sparse | reward model (single expert: too few labelled pairs for an expert: humor 3) |"),
+        "{md}"
+    );
 }

@@ -1,14 +1,14 @@
 //! `DIR/<domain>/aspect-answers.jsonl`: every answer the judge gave, one JSON line each, appended as
 //! it arrives. A killed run loses only the answers in flight, and the next run asks only the rest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Order, Verdict};
+use super::{consistent_label, Order, Verdict};
 use crate::data::io::read_lines;
 
 /// One line of the answer log.
@@ -63,9 +63,16 @@ pub struct AnswerLog {
     file: File,
 }
 
+/// A label the logged answers give: split, record id, capability point, label.
+pub type LoggedLabel = (String, String, String, i8);
+
 /// Answers already in a log for one model, and whether a cut-short last line was dropped.
 pub struct Stored {
     pub answers: HashMap<AnswerKey, Verdict>,
+    /// The labels that one model's answers in the two orders give, for any model and question text (an
+    /// edited description is asked again): a label in a split that is not among them was not written by
+    /// label-aspects.
+    pub labels: HashSet<LoggedLabel>,
     pub skipped_partial_line: bool,
 }
 
@@ -74,7 +81,9 @@ impl AnswerLog {
     /// by a killed run is dropped; any other bad line is an error naming it.
     pub fn open(path: &Path, model: &str) -> Result<(Self, Stored), AnswerLogError> {
         let io = |source| AnswerLogError::Io { file: path.to_path_buf(), source };
-        let mut stored = Stored { answers: HashMap::new(), skipped_partial_line: false };
+        let mut stored = Stored { answers: HashMap::new(), labels: HashSet::new(), skipped_partial_line: false };
+        // Per split, id, point and model: the verdicts given in each order.
+        let mut by_order: HashMap<(String, String, String, String), [HashSet<Verdict>; 2]> = HashMap::new();
         let ends_with_newline = last_byte(path).map_err(io)?.is_none_or(|b| b == b'\n');
         if path.exists() {
             let mut lines = read_lines(path).map_err(|e| io(std::io::Error::other(e.to_string())))?.peekable();
@@ -88,10 +97,13 @@ impl AnswerLog {
                     continue;
                 }
                 match serde_json::from_str::<AnswerRecord>(&text) {
-                    Ok(record) if record.model == model => {
-                        stored.answers.insert(record.key(), record.answer);
+                    Ok(record) => {
+                        if record.model == model {
+                            stored.answers.insert(record.key(), record.answer);
+                        }
+                        let key = (record.split, record.id, record.aspect, record.model);
+                        by_order.entry(key).or_default()[record.order.index()].insert(record.answer);
                     }
-                    Ok(_) => {}
                     Err(_) if lines.peek().is_none() && !ends_with_newline => stored.skipped_partial_line = true,
                     Err(e) => {
                         return Err(AnswerLogError::Line {
@@ -100,6 +112,13 @@ impl AnswerLog {
                             message: e.to_string(),
                         })
                     }
+                }
+            }
+        }
+        for ((split, id, aspect, _), [chosen_first, rejected_first]) in by_order {
+            for (&a, &b) in chosen_first.iter().flat_map(|a| rejected_first.iter().map(move |b| (a, b))) {
+                if let Some(label) = consistent_label(a, b) {
+                    stored.labels.insert((split.clone(), id.clone(), aspect.clone(), label));
                 }
             }
         }
@@ -187,11 +206,36 @@ mod tests {
         let (_, stored) = AnswerLog::open(&path, "m").unwrap();
         assert!(!stored.skipped_partial_line);
         assert_eq!(stored.answers.len(), 2);
+        assert!(stored.labels.is_empty(), "no question has both orders");
 
         // A bad line that is not the last one is an error naming it.
         let text = std::fs::read_to_string(&path).unwrap().replacen("{\"split\"", "{oops", 1);
         std::fs::write(&path, text).unwrap();
         let e = AnswerLog::open(&path, "m").err().unwrap().to_string();
         assert!(e.contains("aspect-answers.jsonl:1:"), "{e}");
+    }
+
+    #[test]
+    fn labels_come_from_both_orders_of_any_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aspect-answers.jsonl");
+        {
+            let (mut log, _) = AnswerLog::open(&path, "m").unwrap();
+            for (id, model, order, answer) in [
+                ("1", "other", Order::ChosenFirst, Verdict::B),
+                ("1", "other", Order::RejectedFirst, Verdict::A),
+                ("2", "m", Order::ChosenFirst, Verdict::A),
+                ("2", "m", Order::RejectedFirst, Verdict::A),
+                ("3", "m", Order::ChosenFirst, Verdict::A),
+                ("4", "m", Order::RejectedFirst, Verdict::B),
+                ("4", "other", Order::ChosenFirst, Verdict::A),
+            ] {
+                let question = format!("{order:?}"); // each order's text, and so its hash, differs
+                log.append(&AnswerRecord { order, answer, question, ..record(id, model) }).unwrap();
+            }
+        }
+        let (_, stored) = AnswerLog::open(&path, "m").unwrap();
+        let want: HashSet<LoggedLabel> = [("train".into(), "1".into(), "helpfulness".into(), -1)].into();
+        assert_eq!(stored.labels, want, "2 disagrees, 3 has one order, 4 mixes models");
     }
 }

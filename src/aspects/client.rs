@@ -1,12 +1,15 @@
 //! A blocking client for an OpenAI-compatible `/chat/completions` endpoint, with retries.
 //!
-//! Transient trouble — HTTP 429, 408 and 5xx, timeouts, dropped connections, a reply that is not the
-//! expected JSON or not a usable answer — is retried with capped exponential back-off; anything else
-//! the server refuses (a bad key, an unknown model) stops the run, since every later question would
-//! fail the same way.
+//! Transient trouble — HTTP 429, 408 and 5xx, timeouts, dropped connections — is retried with capped
+//! exponential back-off; a reply that is not the expected JSON or not a usable answer is retried once,
+//! at once (at temperature 0 it rarely changes). HTTP 400, 413 and 422 refuse that one question (too
+//! long for the model's context, caught by a content filter) and are not retried. Anything else the
+//! server refuses (a bad key, an unknown model) stops the run, since every later question would fail
+//! the same way.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 
@@ -25,11 +28,14 @@ pub struct ClientConfig {
     pub max_retries: u32,
 }
 
-/// A failure worth retrying.
+/// A failure of one question.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Failure {
     #[error("HTTP {status}{detail}")]
     Status { status: u16, detail: String },
+    /// HTTP 400, 413 or 422: the server will not take this question; not retried.
+    #[error("HTTP {status}{detail}")]
+    Refused { status: u16, detail: String },
     #[error("no reply within the timeout")]
     Timeout,
     #[error("connection failed: {0}")]
@@ -44,15 +50,16 @@ impl Failure {
         match self {
             Failure::Status { status: 429, .. } => "HTTP 429",
             Failure::Status { .. } => "HTTP 5xx/408",
+            Failure::Refused { .. } => "HTTP 400/413/422",
             Failure::Timeout => "timeout",
             Failure::Connection(_) => "connection",
             Failure::Malformed(_) => "malformed reply",
         }
     }
 
-    /// A server or network failure, as opposed to a reply the judge worded badly.
+    /// A server or network failure, as opposed to one question refused or answered badly.
     pub fn is_transport(&self) -> bool {
-        !matches!(self, Failure::Malformed(_))
+        !matches!(self, Failure::Malformed(_) | Failure::Refused { .. })
     }
 }
 
@@ -69,8 +76,8 @@ pub enum ClientError {
 #[derive(Debug, Clone)]
 pub enum AskError {
     Fatal(ClientError),
-    /// Every attempt failed; the last failure.
-    Exhausted(Failure),
+    /// The retries ran out, or the server refused the question; the last failure.
+    Unanswered(Failure),
     /// The run is stopping.
     Stopped,
 }
@@ -78,6 +85,8 @@ pub enum AskError {
 /// One attempt's failure.
 enum Attempt {
     Retry(Failure, Option<Duration>),
+    /// Give up on this question.
+    Refused(Failure),
     Fatal(ClientError),
 }
 
@@ -89,6 +98,8 @@ pub struct ChatClient {
     agent: ureq::Agent,
     url: String,
     config: ClientConfig,
+    /// After a 429 no worker sends before this: the server's rate limit is for all of them.
+    not_before: Mutex<Option<Instant>>,
 }
 
 impl ChatClient {
@@ -101,7 +112,7 @@ impl ChatClient {
             .user_agent(concat!("rmroute/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        Self { agent, url: completions_url(&config.endpoint), config }
+        Self { agent, url: completions_url(&config.endpoint), config, not_before: Mutex::new(None) }
     }
 
     pub fn url(&self) -> &str {
@@ -109,8 +120,8 @@ impl ChatClient {
     }
 
     /// Sends `body` until `parse` accepts the reply's text, retrying transient failures with back-off
-    /// (or the server's `Retry-After`); `on_retry` sees each failure that is retried. Returns the parsed
-    /// answer and the text it came from.
+    /// (or the server's `Retry-After`) and a malformed reply once; `on_retry` sees each failure that is
+    /// retried. Returns the parsed answer and the text it came from.
     pub fn ask<T>(
         &self,
         body: &serde_json::Value,
@@ -119,8 +130,9 @@ impl ChatClient {
         on_retry: &mut dyn FnMut(&Failure),
     ) -> Result<(T, String), AskError> {
         let mut attempt = 0;
+        let mut malformed_retried = false;
         loop {
-            if stop.load(Ordering::Relaxed) {
+            if !self.wait_for_pause(stop) {
                 return Err(AskError::Stopped);
             }
             let (failure, wait) = match self.attempt(body) {
@@ -129,17 +141,44 @@ impl ChatClient {
                     None => (Failure::Malformed(format!("{:?} is not A, B or TIE", snippet(&text, 80))), None),
                 },
                 Err(Attempt::Fatal(e)) => return Err(AskError::Fatal(e)),
+                Err(Attempt::Refused(failure)) => return Err(AskError::Unanswered(failure)),
                 Err(Attempt::Retry(failure, wait)) => (failure, wait),
             };
-            if attempt >= self.config.max_retries {
-                return Err(AskError::Exhausted(failure));
+            let malformed = matches!(failure, Failure::Malformed(_));
+            if attempt >= self.config.max_retries || (malformed && malformed_retried) {
+                return Err(AskError::Unanswered(failure));
             }
             on_retry(&failure);
+            if malformed {
+                // Straight away: waiting does not change a reply at temperature 0, and once is enough.
+                malformed_retried = true;
+                attempt += 1;
+                continue;
+            }
             let wait = wait.map(|w| w.min(RETRY_AFTER_CAP)).unwrap_or_else(|| backoff(attempt));
+            if matches!(failure, Failure::Status { status: 429, .. }) {
+                let mut not_before = self.not_before.lock().unwrap();
+                let until = Instant::now() + wait;
+                *not_before = Some(not_before.map_or(until, |t| t.max(until)));
+            }
             if !sleep_unless_stopped(wait, stop) {
                 return Err(AskError::Stopped);
             }
             attempt += 1;
+        }
+    }
+
+    /// Sleeps until the pause after a 429 is over; false when the run is stopping.
+    fn wait_for_pause(&self, stop: &AtomicBool) -> bool {
+        loop {
+            let left =
+                self.not_before.lock().unwrap().map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()));
+            if left.is_zero() {
+                return !stop.load(Ordering::Relaxed);
+            }
+            if !sleep_unless_stopped(left, stop) {
+                return false;
+            }
         }
     }
 
@@ -163,6 +202,7 @@ impl ChatClient {
             200..=299 => content(&text).map_err(|m| Attempt::Retry(Failure::Malformed(m), None)),
             429 | 503 => Err(Attempt::Retry(Failure::Status { status, detail: detail(&text) }, retry_after)),
             408 | 500..=599 => Err(Attempt::Retry(Failure::Status { status, detail: detail(&text) }, None)),
+            400 | 413 | 422 => Err(Attempt::Refused(Failure::Refused { status, detail: detail(&text) })),
             _ => Err(Attempt::Fatal(ClientError::Refused {
                 url: self.url.clone(),
                 status,
@@ -233,11 +273,16 @@ pub fn completions_url(endpoint: &str) -> String {
 fn content(text: &str) -> Result<String, String> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|_| format!("not JSON: {:?}", snippet(text, 120)))?;
-    value
-        .pointer("/choices/0/message/content")
-        .and_then(|c| c.as_str())
-        .map(str::to_string)
-        .ok_or_else(|| format!("no choices[0].message.content in {}", snippet(text, 120)))
+    let content = value.pointer("/choices/0/message/content").and_then(|c| c.as_str());
+    let cut_off = value.pointer("/choices/0/finish_reason").and_then(|r| r.as_str()) == Some("length");
+    match content {
+        // A thinking model can spend every token before it answers.
+        _ if cut_off && content.is_none_or(|c| c.trim().is_empty()) => {
+            Err("no answer within the token limit (raise --max-tokens, or 0 for no limit)".into())
+        }
+        Some(c) => Ok(c.to_string()),
+        None => Err(format!("no choices[0].message.content in {}", snippet(text, 120))),
+    }
 }
 
 /// The server's error message (`{"error": {"message": …}}` and the like), for error text.
@@ -299,6 +344,8 @@ mod tests {
         assert_eq!(content(r#"{"choices": [{"message": {"content": "A"}}]}"#).unwrap(), "A");
         assert!(content(r#"{"choices": []}"#).is_err());
         assert!(content("<html>").is_err());
+        let cut = content(r#"{"choices": [{"message": {"content": null}, "finish_reason": "length"}]}"#);
+        assert!(cut.unwrap_err().contains("--max-tokens"));
         assert_eq!(detail(r#"{"error": {"message": "bad key"}}"#), " (bad key)");
         assert_eq!(detail(r#"{"detail": "Not Found"}"#), " (Not Found)");
         assert_eq!(detail(""), "");

@@ -35,8 +35,9 @@ pub struct AspectsFileError {
     pub message: String,
 }
 
-/// Reads `{"name": "description", …}`, sorted by name. Names become record keys, so they must be
-/// non-empty and free of whitespace.
+/// Reads `{"name": "description", …}`, sorted by name. Names become record keys and DMoERM stage
+/// folders (`expert-<task>-<name>`), so they must be non-empty, free of whitespace and path separators,
+/// and not start with `.`.
 pub fn read_aspects(path: &Path) -> Result<Vec<Aspect>, AspectsFileError> {
     let err = |message: String| AspectsFileError { file: path.to_path_buf(), message };
     let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
@@ -49,8 +50,12 @@ pub fn read_aspects(path: &Path) -> Result<Vec<Aspect>, AspectsFileError> {
     }
     let mut aspects = Vec::with_capacity(map.len());
     for (name, description) in map {
-        if name.is_empty() || name.chars().any(char::is_whitespace) {
-            return Err(err(format!("capability point {name:?}: a name must be non-empty and have no whitespace")));
+        if name.is_empty() || name.starts_with('.') || name.chars().any(|c| c.is_whitespace() || c == '/' || c == '\\')
+        {
+            return Err(err(format!(
+                "capability point {name:?}: a name must be non-empty, have no whitespace, `/` or `\\`, and not \
+                 start with `.` (it names a folder)"
+            )));
         }
         let Some(description) = description.as_str().map(str::trim).filter(|d| !d.is_empty()) else {
             return Err(err(format!("capability point `{name}`: the description must be a non-empty string")));
@@ -150,16 +155,21 @@ pub fn question_hash(messages: &[String; 2]) -> String {
 }
 
 /// The chat-completions request; temperature 0 and a few tokens, since one word is wanted.
-pub fn request_body(model: &str, messages: &[String; 2]) -> serde_json::Value {
-    serde_json::json!({
+/// `max_tokens` 0 leaves the field out: OpenAI's reasoning models refuse it, and thinking models need
+/// more than a word's worth before they answer.
+pub fn request_body(model: &str, messages: &[String; 2], max_tokens: u32) -> serde_json::Value {
+    let mut body = serde_json::json!({
         "model": model,
         "messages": [
             {"role": "system", "content": messages[0]},
             {"role": "user", "content": messages[1]},
         ],
         "temperature": 0,
-        "max_tokens": 8,
-    })
+    });
+    if max_tokens > 0 {
+        body["max_tokens"] = max_tokens.into();
+    }
+    body
 }
 
 /// What one pair ends up with for one capability point.
@@ -167,7 +177,8 @@ pub fn request_body(model: &str, messages: &[String; 2]) -> serde_json::Value {
 pub enum PairOutcome {
     Label(i8),
     Inconsistent,
-    /// At least one order has no answer yet (retries ran out, or the run stopped).
+    /// At least one order has no answer yet (retries ran out, the server refused the question, or the
+    /// run stopped).
     Unanswered,
 }
 
@@ -221,6 +232,19 @@ pub struct LabelSummary {
     pub splits: Vec<String>,
     pub aspects: BTreeMap<String, AspectCounts>,
     pub by_domain: BTreeMap<String, BTreeMap<String, BTreeMap<String, AspectCounts>>>,
+    /// The questions this run got no answer to, with why; the next run asks them again.
+    pub unanswered: Vec<UnansweredQuestion>,
+}
+
+/// One question without an answer, for the summary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UnansweredQuestion {
+    pub file: PathBuf,
+    pub id: String,
+    pub aspect: String,
+    pub order: Order,
+    /// The last failure, with the server's reason where it gave one.
+    pub reason: String,
 }
 
 #[cfg(test)]
@@ -274,5 +298,18 @@ mod tests {
             let e = read(bad).unwrap_err().to_string();
             assert!(e.contains("aspects.json"), "{bad}: {e}");
         }
+        // Names become folders `expert-<task>-<name>`.
+        for name in ["a/b", r"a\b", ".hidden", "..", "/"] {
+            let e = read(&serde_json::json!({ name: "x" }).to_string()).unwrap_err().to_string();
+            assert!(e.contains("aspects.json") && e.contains(&format!("{name:?}")), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn max_tokens_zero_leaves_the_field_out() {
+        let messages = ["s".to_string(), "u".to_string()];
+        assert_eq!(request_body("m", &messages, 8)["max_tokens"], 8);
+        assert_eq!(request_body("m", &messages, 64)["max_tokens"], 64);
+        assert!(request_body("m", &messages, 0).get("max_tokens").is_none());
     }
 }

@@ -1,7 +1,7 @@
 //! One `label-aspects` run: read the splits, ask every question not answered before with a few
 //! worker threads, rewrite each split as soon as its questions are done, and count the outcome.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -9,13 +9,13 @@ use std::sync::mpsc;
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::answers::{AnswerKey, AnswerLog, AnswerRecord};
+use super::answers::{AnswerKey, AnswerLog, AnswerRecord, LoggedLabel};
 use super::client::{AskError, ChatClient, ClientError, Failure};
 use super::{
     parse_verdict, question_hash, question_messages, request_body, Aspect, AspectCounts, LabelSummary, Order,
-    PairOutcome, Verdict,
+    PairOutcome, UnansweredQuestion, Verdict,
 };
-use crate::data::io::{write_atomic, write_atomic_with};
+use crate::data::io::{read_lines, write_atomic, write_atomic_with};
 use crate::data::{read_pairs, PairRecord};
 use crate::train::trainer::resolve_domains;
 
@@ -25,7 +25,9 @@ pub const ANSWERS_FILE: &str = "aspect-answers.jsonl";
 pub const SUMMARY_FILE: &str = "aspect-labels.json";
 
 /// Questions in a row that ran out of retries on server or network failures before the run gives up:
-/// the server is down, and asking on would only spend every question's retries.
+/// the server is down, and asking on would only spend every question's retries. Questions refused or
+/// answered badly count in whole pairs instead (one pair's questions fail together: too long, filtered),
+/// and only while nothing was ever answered, since then the request itself is at fault.
 const MAX_FAILED_IN_A_ROW: usize = 8;
 /// Unanswered questions named on stderr; the rest are only counted.
 const SHOWN_UNANSWERED: usize = 5;
@@ -38,7 +40,11 @@ pub struct LabelOptions {
     pub splits: Vec<String>,
     pub aspects: Vec<Aspect>,
     pub model: String,
+    /// The request's `max_tokens`; 0 leaves it out.
+    pub max_tokens: u32,
     pub concurrency: usize,
+    /// Replace labels of the asked points that label-aspects did not write.
+    pub overwrite: bool,
     pub quiet: bool,
 }
 
@@ -54,7 +60,7 @@ pub struct RunReport {
     pub asked: usize,
     /// Retried failures, by kind.
     pub retries: BTreeMap<&'static str, usize>,
-    /// Questions whose retries ran out; asked again next run.
+    /// Questions whose retries ran out or that the server refused; asked again next run.
     pub unanswered: usize,
     /// Split files whose labels changed.
     pub rewritten: Vec<PathBuf>,
@@ -117,6 +123,9 @@ pub fn label_aspects(opts: &LabelOptions, client: &ChatClient) -> Result<RunRepo
                 bail!("no {} (run `rmroute prepare` first, or leave the split out with --splits)", path.display());
             }
             let records = read_pairs(&path)?;
+            if !opts.overwrite {
+                refuse_foreign_labels(&path, name, &records, &opts.aspects, &stored.labels)?;
+            }
             let mut answers = vec![[None; 2]; records.len() * n_aspects];
             let mut pending = 0;
             for (r, record) in records.iter().enumerate() {
@@ -171,12 +180,13 @@ pub fn label_aspects(opts: &LabelOptions, client: &ChatClient) -> Result<RunRepo
     let next = AtomicUsize::new(0);
     let mut error: Option<anyhow::Error> = None;
     let mut failed_in_a_row = 0;
+    let mut unanswered = Vec::new();
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::channel();
         for _ in 0..opts.concurrency.max(1).min(jobs.len()) {
             let tx = tx.clone();
             let (jobs, data, stop, next) = (&jobs, &data, &stop, &next);
-            scope.spawn(move || worker(jobs, data, &opts.aspects, &opts.model, client, next, stop, tx));
+            scope.spawn(move || worker(jobs, data, opts, client, next, stop, tx));
         }
         drop(tx);
         let fail = |error: &mut Option<anyhow::Error>, e: anyhow::Error| {
@@ -218,9 +228,9 @@ pub fn label_aspects(opts: &LabelOptions, client: &ChatClient) -> Result<RunRepo
                 }
                 Event::Unanswered { job, failure } => {
                     let j = &jobs[job];
+                    let split = &data[j.split];
                     report.unanswered += 1;
                     if report.unanswered <= SHOWN_UNANSWERED {
-                        let split = &data[j.split];
                         bar.suspend(|| {
                             eprintln!(
                                 "unanswered ({failure}): {} `{}`, {}, {}{}",
@@ -232,16 +242,39 @@ pub fn label_aspects(opts: &LabelOptions, client: &ChatClient) -> Result<RunRepo
                             )
                         });
                     }
-                    if failure.is_transport() {
-                        failed_in_a_row += 1;
-                        if failed_in_a_row >= MAX_FAILED_IN_A_ROW.max(2 * opts.concurrency) {
-                            let e = anyhow!(
+                    unanswered.push(UnansweredQuestion {
+                        file: split.path.clone(),
+                        id: split.records[j.record].id.clone(),
+                        aspect: opts.aspects[j.aspect].name.clone(),
+                        order: j.order,
+                        reason: failure.to_string(),
+                    });
+                    failed_in_a_row += 1;
+                    let limit = MAX_FAILED_IN_A_ROW.max(2 * opts.concurrency);
+                    let e = if failure.is_transport() {
+                        (failed_in_a_row >= limit).then(|| {
+                            anyhow!(
                                 "{failed_in_a_row} questions in a row failed every retry (last: {failure}); is the \
                                  server at {} up?",
                                 client.url()
-                            );
-                            fail(&mut error, e);
-                        }
+                            )
+                        })
+                    } else if failed_in_a_row < limit * 2 * n_aspects || report.reused + report.asked > 0 {
+                        None
+                    } else if let Failure::Refused { .. } = failure {
+                        Some(anyhow!(
+                            "{failed_in_a_row} questions in a row were refused and none was ever answered (last: \
+                             {failure}): the server takes no request of this form; check --model, and \
+                             --max-tokens (0 leaves the field out)"
+                        ))
+                    } else {
+                        Some(anyhow!(
+                            "{failed_in_a_row} questions in a row got no usable answer and none was ever answered \
+                             (last: {failure}); a thinking model needs a larger --max-tokens (or 0 for no limit)"
+                        ))
+                    };
+                    if let Some(e) = e {
+                        fail(&mut error, e);
                     }
                     j
                 }
@@ -268,6 +301,7 @@ pub fn label_aspects(opts: &LabelOptions, client: &ChatClient) -> Result<RunRepo
     }
 
     report.summary = summarise(opts, &domains, &data, &state);
+    report.summary.unanswered = unanswered;
     report.summary_path = opts.data.join(SUMMARY_FILE);
     let mut json = serde_json::to_vec_pretty(&report.summary)?;
     json.push(b'\n');
@@ -275,12 +309,10 @@ pub fn label_aspects(opts: &LabelOptions, client: &ChatClient) -> Result<RunRepo
     Ok(report)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn worker(
     jobs: &[Job],
     data: &[SplitData],
-    aspects: &[Aspect],
-    model: &str,
+    opts: &LabelOptions,
     client: &ChatClient,
     next: &AtomicUsize,
     stop: &AtomicBool,
@@ -290,13 +322,14 @@ fn worker(
         let i = next.fetch_add(1, Ordering::Relaxed);
         let Some(job) = jobs.get(i) else { return };
         let record = &data[job.split].records[job.record];
-        let body = request_body(model, &messages_for(record, &aspects[job.aspect], job.order));
+        let body =
+            request_body(&opts.model, &messages_for(record, &opts.aspects[job.aspect], job.order), opts.max_tokens);
         let mut on_retry = |failure: &Failure| {
             let _ = tx.send(Event::Retry(failure.clone()));
         };
         let event = match client.ask(&body, parse_verdict, stop, &mut on_retry) {
             Ok((verdict, reply)) => Event::Answered { job: i, verdict, reply },
-            Err(AskError::Exhausted(failure)) => Event::Unanswered { job: i, failure },
+            Err(AskError::Unanswered(failure)) => Event::Unanswered { job: i, failure },
             Err(AskError::Fatal(e)) => {
                 // Stop the other workers now, not once the main thread reads this.
                 stop.store(true, Ordering::Relaxed);
@@ -310,8 +343,54 @@ fn worker(
     }
 }
 
+/// Refuses to replace a label of an asked point that label-aspects did not write (`prepare`'s human
+/// labels, say): the split file is its only copy.
+fn refuse_foreign_labels(
+    path: &Path,
+    split: &str,
+    records: &[PairRecord],
+    aspects: &[Aspect],
+    logged: &HashSet<LoggedLabel>,
+) -> Result<()> {
+    let mut foreign = records.iter().enumerate().flat_map(|(r, record)| {
+        aspects.iter().filter_map(move |aspect| {
+            let label = *record.aspects.as_ref()?.get(&aspect.name)?;
+            let key = (split.to_string(), record.id.clone(), aspect.name.clone(), label);
+            (!logged.contains(&key)).then_some((r, &aspect.name))
+        })
+    });
+    let Some((r, name)) = foreign.next() else { return Ok(()) };
+    let more = match foreign.count() {
+        0 => String::new(),
+        n => format!(" (and {n} more in this file)"),
+    };
+    bail!(
+        "{}:{}: the pair already has a `{name}` label that label-aspects did not write{more}, and asking for \
+         `{name}` would replace it; name the capability point differently in the aspects file (such as \
+         `llm_{name}`), or pass --overwrite to replace such labels",
+        path.display(),
+        line_of(path, r)?
+    )
+}
+
+/// The line of a split file holding its `index`-th record (`read_pairs` skips blank lines).
+fn line_of(path: &Path, index: usize) -> Result<usize> {
+    let mut records = 0;
+    for line in read_lines(path)? {
+        let (number, text) = line?;
+        if !text.trim().is_empty() {
+            if records == index {
+                return Ok(number);
+            }
+            records += 1;
+        }
+    }
+    Ok(index + 1)
+}
+
 /// The split's records with the asked capability points set from the answers: a consistent pair gets
-/// its label, any other loses the key; other keys stay as they were.
+/// its label, an inconsistent one loses the key (a label that label-aspects wrote, or one --overwrite
+/// replaces), an unanswered one keeps what it had; other keys stay as they were.
 fn labelled(data: &SplitData, answers: &[[Option<Verdict>; 2]], aspects: &[Aspect]) -> Vec<PairRecord> {
     data.records
         .iter()
@@ -321,7 +400,8 @@ fn labelled(data: &SplitData, answers: &[[Option<Verdict>; 2]], aspects: &[Aspec
             for (a, aspect) in aspects.iter().enumerate() {
                 match PairOutcome::of(answers[r * aspects.len() + a]) {
                     PairOutcome::Label(label) => map.insert(aspect.name.clone(), label),
-                    PairOutcome::Inconsistent | PairOutcome::Unanswered => map.remove(&aspect.name),
+                    PairOutcome::Inconsistent => map.remove(&aspect.name),
+                    PairOutcome::Unanswered => None,
                 };
             }
             PairRecord { aspects: (!map.is_empty()).then_some(map), ..record.clone() }

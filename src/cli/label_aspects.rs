@@ -40,9 +40,18 @@ pub struct LabelAspectsArgs {
     /// Limit for one request, in seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
-    /// Retries of a question after HTTP 429/5xx, a timeout, a dropped connection or a malformed reply.
+    /// Retries of a question after HTTP 429/5xx, a timeout or a dropped connection (a malformed reply is
+    /// retried once, HTTP 400/413/422 not at all).
     #[arg(long, default_value_t = 5)]
     pub max_retries: u32,
+    /// The request's `max_tokens`; 0 leaves it out (OpenAI's reasoning models refuse it, thinking models
+    /// need room to think).
+    #[arg(long, default_value_t = 8)]
+    pub max_tokens: u32,
+    /// Replace existing labels of the asked capability points that label-aspects did not write (such as
+    /// `prepare`'s OASST labels); without it the run refuses to touch them.
+    #[arg(long)]
+    pub overwrite: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -81,7 +90,9 @@ pub fn run(args: LabelAspectsArgs) -> Result<()> {
         splits,
         aspects,
         model: args.model.clone(),
+        max_tokens: args.max_tokens,
         concurrency: args.concurrency,
+        overwrite: args.overwrite,
         quiet: args.quiet,
     };
     let report = label_aspects(&opts, &client)?;
@@ -101,9 +112,10 @@ fn print_report(report: &RunReport) {
     );
     if report.unanswered > 0 {
         eprintln!(
-            "{} questions got no answer after every retry; their pairs have no label for now, and the same \
-             command asks them again",
-            report.unanswered
+            "{} questions got no answer (listed with the reason under `unanswered` in {}); their pairs keep the \
+             label they had, if any, and the same command asks them again",
+            report.unanswered,
+            report.summary_path.display()
         );
     }
     eprintln!("| capability point | pairs | +1 | -1 | 0 | inconsistent | unanswered | agreement |");

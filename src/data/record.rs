@@ -41,7 +41,31 @@ pub fn read_pairs(path: &Path) -> Result<Vec<PairRecord>, RecordError> {
                 return Err(at.err(Some(field), "empty text"));
             }
         }
+        for (name, &label) in record.aspects.iter().flatten() {
+            let field = format!("aspects.{name}");
+            if let Err(why) = check_name(name) {
+                return Err(at.err(Some(&field), format!("not an aspect name: {why}")));
+            }
+            if !(-1..=1).contains(&label) {
+                return Err(at.err(Some(&field), format!("{label} is not a preference (+1, -1 or 0)")));
+            }
+        }
+        if let Some(task) = &record.task {
+            check_name(task).map_err(|why| at.err(Some("task"), format!("not a task name: {why}")))?;
+        }
         pairs.push(record);
     }
     Ok(pairs)
+}
+
+/// Names that become directory and key names (a DMoERM stage is `expert-<task>-<aspect>`): not empty,
+/// no slashes or white space, no leading dot.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty".into());
+    }
+    if name.starts_with('.') || name.contains(['/', '\\']) || name.contains(char::is_whitespace) {
+        return Err(format!("\"{name}\" has a slash, white space or a leading dot"));
+    }
+    Ok(())
 }

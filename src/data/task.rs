@@ -27,9 +27,8 @@ pub fn group_by_task(
     let mut tasks: BTreeMap<String, Vec<PairRecord>> = BTreeMap::new();
     for pair in all() {
         let task = pair.task.clone().unwrap_or_default();
-        if task.is_empty() || task.starts_with('.') || task.contains(['/', '\\']) || task.contains(char::is_whitespace)
-        {
-            bail!("record `{}`: `task` \"{task}\" is not a task name (no slashes, spaces or leading dot)", pair.id);
+        if let Err(why) = super::record::check_name(&task) {
+            bail!("record `{}`: `task` is not a task name: {why}", pair.id);
         }
         tasks.entry(task).or_default().push(pair.clone());
     }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, Var};
+use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -36,7 +37,7 @@ use crate::methods::baseline::{train_reward_model, Keep, TrainedModel};
 use crate::methods::routed::{part_record, reward_stage, router_part, stage_options};
 use crate::model::{save_safetensors, LoadOptions, RewardModel};
 use crate::nn::{linear, Adapters, Ctx, Linear};
-use crate::run::{backbone_name, prepare_run_dir, Part, Role, RunMeta};
+use crate::run::{backbone_name, fingerprint, pairs_fingerprint, prepare_run_dir, Part, Role, RunMeta};
 use crate::train::loss::{pairwise_correct, pairwise_loss};
 use crate::train::objective::{chosen_then_rejected, MicroBatch, Objective};
 use crate::train::trainer::{load_domain_pairs, resolve_domains, train_objective, RunOptions};
@@ -87,9 +88,15 @@ impl Aggregator {
     pub fn load(path: &Path, config: &AggregatorConfig, device: &Device) -> Result<Self> {
         let tensors = candle_core::safetensors::load(path, &Device::Cpu)
             .with_context(|| format!("reading the aggregator {}", path.display()))?;
+        let names: Vec<String> = tensors.keys().cloned().collect();
         let store = ParamStore::from_tensors(tensors, path.display().to_string(), false);
-        Self::build(store, config.adapters.len(), config.hidden, device)
-            .with_context(|| format!("{} does not fit its {AGGREGATOR_CONFIG}", path.display()))
+        let aggregator = Self::build(store, config.adapters.len(), config.hidden, device)
+            .with_context(|| format!("{} does not fit its {AGGREGATOR_CONFIG}", path.display()))?;
+        let used: Vec<String> = aggregator.store.used().into_iter().map(|(n, _)| n).collect();
+        if let Some(extra) = names.iter().find(|n| !used.contains(n)) {
+            bail!("{} holds `{extra}`, which is not part of the aggregator: not an rmroute aggregator", path.display());
+        }
+        Ok(aggregator)
     }
 
     fn build(store: Arc<ParamStore>, experts: usize, hidden: usize, device: &Device) -> Result<Self> {
@@ -164,7 +171,8 @@ impl InnerModel {
             return self.model.score(pairs, batch_size, &Adapters::None);
         };
         let mut out = Vec::with_capacity(pairs.len());
-        for chunk in pairs.chunks(batch_size.max(1)) {
+        // Each row runs K times: `batch_size` rows through the encoder, not K times as many.
+        for chunk in pairs.chunks((batch_size / self.experts.len()).max(1)) {
             let features = self.features(&self.model.encode(chunk)?, &Ctx::eval())?;
             out.extend(aggregator.forward(&features)?.to_vec1::<f32>()?);
         }
@@ -265,6 +273,19 @@ pub fn train_dmoerm(cfg: &TrainConfig, device: Device, opts: &RunOptions) -> Res
     for task in &tasks {
         plans.push(plan_task(cfg, &dm, task, &pairs[task])?);
     }
+    if let Some(missing) = dm.aspects.iter().find(|a| plans.iter().all(|p| p.labelled.get(*a) == Some(&0))) {
+        bail!(
+            "no training pair of {} carries the aspect `{missing}` named in `dmoerm.aspects`: check its spelling, \
+             label it (`rmroute label-aspects`), or leave it out",
+            tasks.join(", ")
+        );
+    }
+    let mut stages = std::collections::BTreeSet::new();
+    for stage in plans.iter().flat_map(|p| p.experts.iter().map(|a| expert_stage(&p.task, a))) {
+        if !stages.insert(stage.clone()) {
+            bail!("two experts would share the stage `{stage}`: rename a task or an aspect (the names join with `-`)");
+        }
+    }
     prepare_run_dir(&cfg.out, opts.resume, opts.force)?;
     std::fs::create_dir_all(cfg.out.join("stages"))?;
 
@@ -279,7 +300,9 @@ pub fn train_dmoerm(cfg: &TrainConfig, device: Device, opts: &RunOptions) -> Res
     }
     // The outer layer: with one task there is nothing to route.
     if tasks.len() > 1 {
-        parts.push(router_part(Method::Dmoerm, cfg, "router", &tasks, &pairs, device, opts)?);
+        let mut router_cfg = cfg.clone();
+        router_cfg.dmoerm = Some(DmoermConfig { router: dm.router.clone(), ..DmoermConfig::default() });
+        parts.push(router_part(Method::Dmoerm, &router_cfg, "router", &tasks, &pairs, device, opts)?);
     }
     let mut config = cfg.clone();
     config.domains = folders;
@@ -360,28 +383,30 @@ fn train_task(
     opts: &RunOptions,
 ) -> Result<Vec<Part>> {
     let task = plan.task.as_str();
-    let stage_cfg = |name: &str, stage: Option<&crate::config::StageConfig>| {
+    // Each stage records only the `dmoerm` settings it depends on: a later stage's settings may change
+    // after a kill without refusing to resume the finished ones.
+    let stage_cfg = |name: &str, section: DmoermConfig| {
         let mut c = cfg.clone();
         c.domains = vec![task.to_string()];
         c.out = cfg.out.join("stages").join(name);
-        if let Some(stage) = stage {
-            stage.apply(&mut c);
-        }
+        c.dmoerm = Some(section);
         c
     };
     let none = |_: &Path| Ok(());
 
     // Stage 1: the task's reward model, kept whole (a LoRA adapter merged in).
     let rm_name = reward_stage(task);
-    let mut rm_cfg = stage_cfg(&rm_name, None);
+    let section = DmoermConfig { phase1_fraction: dm.phase1_fraction, phase1: dm.phase1, ..DmoermConfig::default() };
+    let mut rm_cfg = stage_cfg(&rm_name, section);
     if dm.phase1 == Phase1::Full {
         rm_cfg.lora = None;
     }
-    let rm = match Part::read_done(&rm_cfg.out, &rm_cfg)? {
+    let rm_inputs = pairs_fingerprint(&plan.phase1);
+    let rm = match Part::read_done(&rm_cfg.out, &rm_cfg, &rm_inputs)? {
         Some(part) => part,
         None => {
             let record = |m: &TrainedModel| part_record(&rm_name, Role::Reward, Some(task), m);
-            let finish = |s: &Path, m: &TrainedModel| record(m).write_done(s, &rm_cfg);
+            let finish = |s: &Path, m: &TrainedModel| record(m).write_done(s, &rm_cfg, &rm_inputs);
             let domains = [task.to_string()];
             let stage_opts = stage_options(opts, &rm_name, &rm_cfg.out);
             let m = train_reward_model(
@@ -403,11 +428,18 @@ fn train_task(
     // Stage 2: an expert per capability point, a LoRA adapter on the frozen stage-1 model.
     let rm_dir = cfg.out.join("stages").join(&rm_name);
     let mut experts = Vec::new();
+    let mut expert_inputs = Vec::new();
     for aspect in &plan.experts {
         let name = expert_stage(task, aspect);
-        let mut expert_cfg = stage_cfg(&name, Some(&dm.expert));
+        let mut expert_cfg = stage_cfg(&name, DmoermConfig { expert: dm.expert.clone(), ..DmoermConfig::default() });
+        dm.expert.apply(&mut expert_cfg);
         expert_cfg.backbone = rm_dir.display().to_string();
-        let part = match Part::read_done(&expert_cfg.out, &expert_cfg)? {
+        // Each expert its own initialisation, dropout and order: points that agree often still differ.
+        expert_cfg.seed = mix(cfg.seed, stable_hash(aspect.as_bytes()));
+        expert_cfg.validate().context("the experts' settings (`dmoerm.expert`)")?;
+        let pairs = aspect_pairs(&plan.phase1, aspect);
+        let inputs = fingerprint([rm_inputs.as_str(), &pairs_fingerprint(&pairs)]);
+        let part = match Part::read_done(&expert_cfg.out, &expert_cfg, &inputs)? {
             Some(part) => part,
             None => {
                 let record = |m: &TrainedModel| {
@@ -415,8 +447,7 @@ fn train_task(
                     part.aspect = Some(aspect.clone());
                     part
                 };
-                let finish = |s: &Path, m: &TrainedModel| record(m).write_done(s, &expert_cfg);
-                let pairs = aspect_pairs(&plan.phase1, aspect);
+                let finish = |s: &Path, m: &TrainedModel| record(m).write_done(s, &expert_cfg, &inputs);
                 let stage_opts = stage_options(opts, &name, &expert_cfg.out);
                 let domains = [format!("{task} ({aspect})")];
                 let m = train_reward_model(
@@ -434,6 +465,7 @@ fn train_task(
             }
         };
         experts.push((aspect.clone(), name.clone(), expert_cfg.out.clone()));
+        expert_inputs.push(format!("{name}:{inputs}"));
         parts.push(part);
     }
     if experts.is_empty() {
@@ -442,10 +474,14 @@ fn train_task(
 
     // Stage 3: the aggregator over the frozen experts, on the pairs none of them has seen.
     let name = aggregator_stage(task);
-    let agg_cfg = stage_cfg(&name, Some(&dm.aggregator));
-    let part = match Part::read_done(&agg_cfg.out, &agg_cfg)? {
+    let mut agg_cfg = stage_cfg(&name, DmoermConfig { aggregator: dm.aggregator.clone(), ..DmoermConfig::default() });
+    dm.aggregator.apply(&mut agg_cfg);
+    agg_cfg.validate().context("the aggregator's settings (`dmoerm.aggregator`)")?;
+    let rest = pairs_fingerprint(&plan.rest);
+    let inputs = fingerprint(expert_inputs.iter().map(String::as_str).chain([rest.as_str()]));
+    let part = match Part::read_done(&agg_cfg.out, &agg_cfg, &inputs)? {
         Some(part) => part,
-        None => train_aggregator(&agg_cfg, &name, task, &rm_dir, &experts, &plan.rest, device, opts)?,
+        None => train_aggregator(&agg_cfg, &inputs, task, &rm_dir, &experts, &plan.rest, device, opts)?,
     };
     parts.push(part);
     Ok(parts)
@@ -456,7 +492,7 @@ fn train_task(
 #[allow(clippy::too_many_arguments)]
 fn train_aggregator(
     cfg: &TrainConfig,
-    name: &str,
+    inputs: &str,
     task: &str,
     rm_dir: &Path,
     experts: &[(String, String, PathBuf)],
@@ -464,12 +500,15 @@ fn train_aggregator(
     device: Device,
     opts: &RunOptions,
 ) -> Result<Part> {
+    let name = aggregator_stage(task);
     let load = LoadOptions { device: device.clone(), ..Default::default() };
     let mut inner = InnerModel::load(rm_dir, experts, None, &load)?;
     inner.model.set_limits(cfg.max_length, cfg.truncation);
-    if !opts.quiet {
-        eprintln!("{name}: the pooled vectors of {} experts for {} pairs", experts.len(), pairs.len());
-    }
+    let bar = if opts.quiet { ProgressBar::hidden() } else { ProgressBar::new(pairs.len() as u64) };
+    bar.set_style(ProgressStyle::with_template(
+        "{prefix} {bar:25} {pos}/{len} pairs [{elapsed_precise}<{eta_precise}]",
+    )?);
+    bar.set_prefix(format!("{name}: the {} experts' pooled vectors", experts.len()));
     let (mut chosen, mut rejected, mut truncated) = (Vec::new(), Vec::new(), 0);
     for chunk in pairs.chunks(16) {
         let refs: Vec<&PairRecord> = chunk.iter().collect();
@@ -478,12 +517,14 @@ fn train_aggregator(
         let features = inner.features(&batch, &Ctx::eval())?;
         chosen.push(features.narrow(0, 0, chunk.len())?);
         rejected.push(features.narrow(0, chunk.len(), chunk.len())?);
+        bar.inc(chunk.len() as u64);
     }
+    bar.finish_and_clear();
     let (chosen, rejected) = (Tensor::cat(&chosen, 0)?, Tensor::cat(&rejected, 0)?);
     let hidden = chosen.dim(1)? / experts.len();
     let aggregator = Aggregator::new(experts.len(), hidden, cfg.seed, &device)?;
     let objective = AggregatorPairwise { aggregator: &aggregator, chosen: &chosen, rejected: &rejected };
-    let stage_opts = stage_options(opts, name, &cfg.out);
+    let stage_opts = stage_options(opts, &name, &cfg.out);
     let mut trained = train_objective(&objective, cfg, &cfg.out, &stage_opts)?;
     trained.truncated = truncated;
 
@@ -504,8 +545,8 @@ fn train_aggregator(
         description: format!("the aggregator over {task}'s experts"),
         adapters: BTreeMap::new(),
     };
-    let part = part_record(name, Role::Aggregator, Some(task), &model);
-    part.write_done(staged.path(), cfg)?;
+    let part = part_record(&name, Role::Aggregator, Some(task), &model);
+    part.write_done(staged.path(), cfg, inputs)?;
     staged.commit()?;
     Ok(part)
 }
@@ -579,4 +620,72 @@ fn write_manifest(
         routes_by_task,
     }
     .write(&cfg.out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The aggregator written out in f64: `fc2 · prelu(fc1 · x + b1) + b2` for each row.
+    fn by_hand(p: &[Vec<f64>], x: &[Vec<f64>], hidden: usize) -> Vec<f64> {
+        let (w1, b1, a, w2, b2) = (&p[0], &p[1], p[2][0], &p[3], p[4][0]);
+        let inputs = x[0].len();
+        x.iter()
+            .map(|row| {
+                (0..hidden)
+                    .map(|j| {
+                        let z: f64 = b1[j] + (0..inputs).map(|i| w1[j * inputs + i] * row[i]).sum::<f64>();
+                        w2[j] * if z > 0.0 { z } else { a * z }
+                    })
+                    .sum::<f64>()
+                    + b2
+            })
+            .collect()
+    }
+
+    #[test]
+    fn aggregator_matches_its_formula_and_every_parameter_gets_its_gradient() {
+        let (experts, hidden) = (2, 3);
+        let aggregator = Aggregator::new(experts, hidden, 7, &Device::Cpu).unwrap();
+        let vars = aggregator.vars();
+        let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["fc1.weight", "fc1.bias", "prelu.weight", "fc2.weight", "fc2.bias"]);
+        // Weights large enough that some pre-activations are negative, so the PReLU slope matters.
+        let mut params: Vec<Vec<f64>> = Vec::new();
+        for (k, (_, var)) in vars.iter().enumerate() {
+            let n = var.elem_count();
+            let values: Vec<f64> = (0..n).map(|i| ((i * 7 + k * 3) % 11) as f64 / 5.0 - 1.0).collect();
+            let values = if k == 2 { vec![0.3] } else { values };
+            let t = Tensor::from_vec(values.iter().map(|&v| v as f32).collect::<Vec<_>>(), var.shape(), &Device::Cpu);
+            var.set(&t.unwrap()).unwrap();
+            params.push(values);
+        }
+        let x: Vec<Vec<f64>> =
+            (0..4).map(|r| (0..experts * hidden).map(|i| ((r * 5 + i * 3) % 7) as f64 / 3.0 - 1.0).collect()).collect();
+        let flat: Vec<f32> = x.iter().flatten().map(|&v| v as f32).collect();
+        let input = Tensor::from_vec(flat, (4, experts * hidden), &Device::Cpu).unwrap();
+        let got = aggregator.forward(&input).unwrap();
+        let want = by_hand(&params, &x, hidden);
+        for (g, w) in got.to_vec1::<f32>().unwrap().iter().zip(&want) {
+            assert!((f64::from(*g) - w).abs() < 1e-5, "{g} vs {w}");
+        }
+
+        // Gradients of the summed rewards against central differences of the f64 formula.
+        let grads = got.sum_all().unwrap().backward().unwrap();
+        for (k, (name, var)) in vars.iter().enumerate() {
+            let analytic: Vec<f32> = grads.get(var).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            assert!(analytic.iter().any(|g| g.abs() > 1e-6), "`{name}` gets no gradient");
+            for (i, a) in analytic.iter().enumerate() {
+                let eps = 1e-6;
+                let mut up = params.clone();
+                up[k][i] += eps;
+                let mut down = params.clone();
+                down[k][i] -= eps;
+                let numeric = (by_hand(&up, &x, hidden).iter().sum::<f64>()
+                    - by_hand(&down, &x, hidden).iter().sum::<f64>())
+                    / (2.0 * eps);
+                assert!((f64::from(*a) - numeric).abs() < 1e-3, "`{name}`[{i}]: {a} vs {numeric}");
+            }
+        }
+    }
 }

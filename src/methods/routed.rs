@@ -16,7 +16,7 @@ use crate::data::io::{write_atomic, StagedDir};
 use crate::data::PairRecord;
 use crate::methods::baseline::{train_reward_model, Keep, TrainedModel};
 use crate::methods::router::{router_examples, train_router};
-use crate::run::{backbone_name, prepare_run_dir, Part, Role, RunMeta};
+use crate::run::{backbone_name, fingerprint, pairs_fingerprint, prepare_run_dir, Part, Role, RunMeta};
 use crate::train::trainer::{load_domain_pairs, resolve_domains, RunOptions};
 
 /// The stage name of `domain`'s reward model.
@@ -195,14 +195,15 @@ fn reward_part(
     let mut stage_cfg = cfg.clone();
     stage_cfg.domains = vec![domain.to_string()];
     stage_cfg.out = dir.clone();
-    if let Some(part) = Part::read_done(&dir, &stage_cfg)? {
+    let inputs = pairs_fingerprint(pairs);
+    if let Some(part) = Part::read_done(&dir, &stage_cfg, &inputs)? {
         return Ok(part);
     }
     let part = |m: &TrainedModel| part_record(&name, Role::Reward, Some(domain), m);
     let domains = [domain.to_string()];
     let stage_opts = stage_options(opts, &name, &dir);
     let keep = if keeps_adapters(method) { Keep::Adapter(&name) } else { Keep::Model };
-    let finish = |s: &Path, m: &TrainedModel| part(m).write_done(s, &stage_cfg);
+    let finish = |s: &Path, m: &TrainedModel| part(m).write_done(s, &stage_cfg, &inputs);
     let trained =
         train_reward_model(&stage_cfg, pairs, &domains, device, &dir, &stage_opts, keep, &|_| Ok(()), finish)?;
     Ok(part(&trained))
@@ -220,15 +221,17 @@ pub(crate) fn router_part(
 ) -> Result<Part> {
     let dir = cfg.out.join("stages").join(name);
     let router_cfg = router_config(cfg, domains, &dir)?;
-    if let Some(part) = Part::read_done(&dir, &router_cfg)? {
+    let examples = router_examples(domains, pairs);
+    let labels: Vec<String> = examples.labels.iter().map(|l| l.to_string()).collect();
+    let inputs = fingerprint(examples.prompts.iter().map(String::as_str).chain(labels.iter().map(String::as_str)));
+    if let Some(part) = Part::read_done(&dir, &router_cfg, &inputs)? {
         return Ok(part);
     }
-    let examples = router_examples(domains, pairs);
     let balance = cfg.router().map(|r| r.balance).unwrap_or_default();
     let part = |m: &TrainedModel| part_record(name, Role::Router, None, m);
     let stage_opts = stage_options(opts, name, &dir);
     let keep = if keeps_adapters(method) { Keep::Adapter(ROUTER_ADAPTER) } else { Keep::Model };
-    let finish = |s: &Path, m: &TrainedModel| part(m).write_done(s, &router_cfg);
+    let finish = |s: &Path, m: &TrainedModel| part(m).write_done(s, &router_cfg, &inputs);
     let trained = train_router(&router_cfg, &examples, balance, device, &dir, &stage_opts, keep, finish)?;
     Ok(part(&trained))
 }
