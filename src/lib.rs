@@ -6,6 +6,7 @@
 pub mod aspects;
 pub mod backbone;
 pub mod base;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod encoding;

@@ -144,3 +144,69 @@ fn dmoerm_tasks_say_which_are_single_experts_and_why() {
         "{md}"
     );
 }
+
+/// Writes each run's results.json into its own folder under `dir`; their paths.
+fn write_runs(dir: &std::path::Path, runs: &[Results]) -> Vec<String> {
+    runs.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let run = dir.join(format!("run{i}"));
+            std::fs::create_dir_all(&run).unwrap();
+            std::fs::write(run.join("results.json"), serde_json::to_vec(r).unwrap()).unwrap();
+            run.display().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn compare_passes_an_equal_table_names_a_moved_cell_and_refuses_a_missing_method() {
+    use rmroute::compare::{compare, expected_table};
+    let runs = [
+        results("baseline", "minilm", 1, 0.60, 0.70, 22_000_000),
+        results("baseline", "minilm", 2, 0.64, 0.72, 22_000_000),
+        results("rodos", "minilm", 1, 0.61, 0.69, 90_000_000),
+        results("rodos", "minilm", 2, 0.63, 0.71, 90_000_000),
+    ];
+    let expected = expected_table(&runs, 3.0, "test");
+    // 3 groups of cells per method (anthropic, oasst, average).
+    assert_eq!(expected.cells.len(), 6);
+    let anthropic = expected.cells.iter().find(|c| c.method == "baseline" && c.domain == "anthropic").unwrap();
+    assert!((anthropic.mean - 0.62).abs() < 1e-12 && anthropic.seeds == 2 && anthropic.pairs == 100);
+    // The tolerance is the seeds' spread (0.028) or the sampling error on 100 pairs (0.049), the larger.
+    assert!((anthropic.tolerance() - (0.62f64 * 0.38 / 100.0).sqrt()).abs() < 1e-12);
+
+    let same = compare(&runs, &expected).unwrap();
+    assert!(same.failed.is_empty() && same.passed.len() == 6, "{:?}", same.failed);
+
+    // Baseline's anthropic accuracy falls from 0.62 to 0.40: more than 3 × 0.0485 away.
+    let mut moved = runs.clone();
+    moved[0] = results("baseline", "minilm", 1, 0.38, 0.70, 22_000_000);
+    moved[1] = results("baseline", "minilm", 2, 0.42, 0.72, 22_000_000);
+    let result = compare(&moved, &expected).unwrap();
+    // The average (0.555 against 0.66, tolerance 3 × 0.0387 on 150 pairs) stays within.
+    assert_eq!(result.failed.len(), 1, "{:?}", result.failed);
+    assert!(result.failed[0].starts_with("baseline (minilm), anthropic: 0.4000 against 0.6200"), "{:?}", result.failed);
+
+    let err = compare(&runs[..2], &expected).unwrap_err().to_string();
+    assert!(err.contains("rodos (minilm) anthropic") && err.contains("refresh the expected table"), "{err}");
+
+    // The same through the command line: the exit status says it, and the message names the cell.
+    let dir = tempfile::tempdir().unwrap();
+    let expected_path = dir.path().join("expected.json");
+    let saved = write_runs(&dir.path().join("saved"), &runs);
+    let mut args: Vec<&str> = vec!["report"];
+    args.extend(saved.iter().map(String::as_str));
+    let out = dir.path().display().to_string();
+    let expected_arg = expected_path.display().to_string();
+    args.extend(["--out", &out, "--save-expected", &expected_arg]);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rmroute")).args(&args).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let moved_runs = write_runs(&dir.path().join("moved"), &moved);
+    let mut args: Vec<&str> = vec!["report"];
+    args.extend(moved_runs.iter().map(String::as_str));
+    args.extend(["--out", &out, "--compare", &expected_arg]);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_rmroute")).args(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("1 of 6 figures moved"), "{stderr}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("MOVED baseline (minilm), anthropic: 0.4000"));
+}

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Reproduces the paper's Tables 2, 3 and 6 with one command: prepares the data, trains every method over
+# the seeds, evaluates each run and writes the tables (Markdown, CSV, plots) under one folder, with the
+# exact configs, commands and versions that produced them. A run that already finished is not retrained.
+#
+#   scripts/reproduce.sh                  # the paper: DeBERTa-v3-large, every method, seeds 1-5 (a GPU)
+#   scripts/reproduce.sh --quick          # a slice for 2 CPU cores, checked against tests/expected/quick-table.json
+#
+# Options:
+#   --quick               MiniLM, capped pairs, 1 epoch, 2 seeds; the table is compared with the expected one
+#   --methods a,b         of baseline, baselora, more, rodos, arliss, dmoerm (default: all)
+#   --seeds 1,2,3         default 1,2,3,4,5 (quick: 1,2)
+#   --backbone NAME       a configs/<method>-NAME.json family: deberta-v3-large (default), deberta-v3-base,
+#                         minilm (quick's)
+#   --data DIR            raw data laid out by domain (prepared here) or an already prepared folder
+#                         (default: ../shared/data, the shared real HH-RLHF, HellaSwag and OASST)
+#   --out DIR             default: reproduce/ (quick: reproduce-quick/)
+#   --device DEV          cpu, cuda or cuda:N (default: cuda, quick: cpu)
+#   --expected FILE       quick: the table to compare with (default: tests/expected/quick-table.json)
+#   --save-expected       quick: write this run's table as the expected one instead of comparing (refresh it
+#                         on purpose: after a change that is meant to move the figures)
+# Environment: RMROUTE_BIN, an rmroute binary to use instead of building target/release/rmroute.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0 methods="" seeds="" backbone="" data="" out="" device="" expected="" save_expected=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) quick=1 ;;
+    --methods) methods=$2; shift ;;
+    --seeds) seeds=$2; shift ;;
+    --backbone) backbone=$2; shift ;;
+    --data) data=$2; shift ;;
+    --out) out=$2; shift ;;
+    --device) device=$2; shift ;;
+    --expected) expected=$2; shift ;;
+    --save-expected) save_expected=1 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    *) echo "unknown option $1 (see $0 --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+# The quick slice: small enough for 2 CPU cores, large enough that learning shows above the seeds' spread.
+QUICK_PAIRS=${QUICK_PAIRS:-400}       # training pairs per domain
+QUICK_EVAL_PAIRS=${QUICK_EVAL_PAIRS:-300}
+if [ "$quick" = 1 ]; then
+  methods=${methods:-baseline,baselora,more,rodos,arliss,dmoerm}
+  seeds=${seeds:-1,2}
+  backbone=${backbone:-minilm}
+  out=${out:-reproduce-quick}
+  device=${device:-cpu}
+  expected=${expected:-tests/expected/quick-table.json}
+else
+  methods=${methods:-baseline,baselora,more,rodos,arliss,dmoerm}
+  seeds=${seeds:-1,2,3,4,5}
+  backbone=${backbone:-deberta-v3-large}
+  out=${out:-reproduce}
+  device=${device:-cuda}
+fi
+data=${data:-../shared/data}
+if [ "$quick" = 1 ] && [ "$save_expected" = 0 ] && [ ! -f "$expected" ]; then
+  echo "no expected table at $expected: make one from a run you trust with --save-expected" >&2
+  exit 2
+fi
+mkdir -p "$out"/configs "$out"/runs "$out"/tables
+log=$out/commands.txt
+
+if [ -n "${RMROUTE_BIN:-}" ]; then
+  bin=$(realpath "$RMROUTE_BIN")
+else
+  if [ "$device" = cpu ]; then cargo build --release --locked --quiet; else cargo build --release --locked --quiet --features cuda; fi
+  bin=$PWD/target/release/rmroute
+fi
+# Every command that makes a figure is written down, in order, as it runs.
+run() {
+  printf '%s\n' "$*" >> "$log"
+  "$@"
+}
+{
+  echo "rmroute: $("$bin" --version)"
+  echo "git: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
+  echo "rustc: $(rustc --version 2>/dev/null || echo unknown)"
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "host: $(uname -srm), $(nproc) cores"
+  echo "options: quick=$quick methods=$methods seeds=$seeds backbone=$backbone data=$data device=$device"
+} > "$out/versions.txt"
+echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ)" >> "$log"
+
+scripts/fetch-models.sh >/dev/null
+
+# The data: a prepared folder is used as it is; raw data is prepared once.
+if ls "$data"/*/train.jsonl >/dev/null 2>&1; then
+  prepared=$data
+elif [ -d "$data" ]; then
+  prepared=$out/prepared
+  if [ ! -f "$prepared/stats.json" ]; then
+    run "$bin" prepare --input "$data" --out "$prepared" --seed 1 > "$out/prepare.log"
+  fi
+else
+  echo "no data at $data: pass --data with raw data laid out by domain or a prepared folder" >&2
+  exit 2
+fi
+(cd "$prepared" && sha256sum ./*/train.jsonl ./*/test.jsonl) > "$out/data-sha256.txt"
+
+runs=()
+IFS=, read -ra method_list <<< "$methods"
+IFS=, read -ra seed_list <<< "$seeds"
+for method in "${method_list[@]}"; do
+  case $method in
+    baseline|baselora) command=train-baseline ;;
+    more|rodos|arliss|dmoerm) command=train-$method ;;
+    *) echo "unknown method $method (baseline, baselora, more, rodos, arliss, dmoerm)" >&2; exit 2 ;;
+  esac
+  source_config=configs/$method-$backbone.json
+  [ -f "$source_config" ] || { echo "no $source_config: $method has no config for backbone $backbone" >&2; exit 2; }
+  config=$out/configs/$method.json
+  # The config as run: the repository's, with the data, device and (quick) the slice written in.
+  python3 - "$source_config" "$config" "$prepared" "$device" "$quick" "$QUICK_PAIRS" "$QUICK_EVAL_PAIRS" <<'PY'
+import json, sys
+source, target, data, device, quick, pairs, eval_pairs = sys.argv[1:]
+cfg = json.load(open(source))
+cfg.update({"data": data, "device": device})
+if quick == "1":
+    cfg.update({"epochs": 1, "max_pairs": int(pairs), "max_eval_pairs": int(eval_pairs), "max_length": 128,
+                "batch_size": 16, "lr": 5e-5, "warmup_ratio": 0.1, "log_every": 5})
+    for section in ("rodos", "arliss", "dmoerm"):
+        if section in cfg:
+            cfg[section].setdefault("router", {}).update({"epochs": 1})
+json.dump(cfg, open(target, "w"), indent=2)
+PY
+  for seed in "${seed_list[@]}"; do
+    run_dir=$out/runs/$method-seed$seed
+    if [ -f "$run_dir/rmroute.json" ]; then
+      echo "$run_dir is done; not retrained" >&2
+    elif [ -d "$run_dir/checkpoint" ] || [ -d "$run_dir/stages" ]; then
+      run "$bin" $command --config "$config" --seed "$seed" --out "$run_dir" --quiet --resume
+    else
+      run "$bin" $command --config "$config" --seed "$seed" --out "$run_dir" --quiet
+    fi
+    if [ ! -f "$run_dir/results.json" ] || [ "$run_dir/rmroute.json" -nt "$run_dir/results.json" ]; then
+      run "$bin" eval --model "$run_dir" --data "$prepared" --device "$device" > "$run_dir/eval.log"
+    fi
+    runs+=("$run_dir")
+  done
+done
+
+report=("$bin" report "${runs[@]}" --out "$out/tables" --plot)
+if [ "$quick" = 1 ] && [ "$save_expected" = 1 ]; then
+  run "${report[@]}" --save-expected "$expected" > "$out/tables/tables.md"
+  echo "wrote the expected table $expected from $out" >&2
+elif [ "$quick" = 1 ]; then
+  status=0
+  run "${report[@]}" --compare "$expected" > "$out/tables/tables.md" || status=$?
+  cat "$out/tables/tables.md"
+  exit $status
+else
+  run "${report[@]}" > "$out/tables/tables.md"
+fi
+cat "$out/tables/tables.md"
