@@ -346,24 +346,9 @@ fn load_routed(dir: &Path, meta: &RunMeta, opts: &LoadOptions, choice: &ScoreOpt
     if meta.method == Method::Dmoerm.name() {
         return load_tasks(dir, meta, opts, choice);
     }
-    let part_dir = |part: &Part| -> Result<PathBuf> {
-        let path = dir.join(&part.path);
-        let marker = if adapters { "adapter_config.json" } else { "config.json" };
-        if !path.join(marker).is_file() {
-            bail!(
-                "{}/rmroute.json names part `{}` at {}, which is missing or incomplete (train it again with \
-                 --resume, or restore the directory)",
-                dir.display(),
-                part.name,
-                path.display()
-            );
-        }
-        Ok(path)
-    };
-    let limits = |model: &mut RewardModel| {
-        let max_length = choice.max_length.unwrap_or(meta.config.max_length);
-        model.set_limits(max_length, choice.truncation.unwrap_or(meta.config.truncation));
-    };
+    let marker = if adapters { "adapter_config.json" } else { "config.json" };
+    let part_dir = |part: &Part| part_dir(dir, part, marker);
+    let limits = |model: &mut RewardModel| run_limits(model, meta, choice);
     let router_part = meta
         .parts
         .iter()
@@ -422,26 +407,32 @@ fn load_routed(dir: &Path, meta: &RunMeta, opts: &LoadOptions, choice: &ScoreOpt
     Ok(Routed { domains: meta.domains.clone(), parts: RoutedParts::Models { router, models } })
 }
 
+/// The directory of a run's part, checked to hold `marker` (a finished part).
+fn part_dir(dir: &Path, part: &Part, marker: &str) -> Result<PathBuf> {
+    let path = dir.join(&part.path);
+    if !path.join(marker).is_file() {
+        bail!(
+            "{}/rmroute.json names part `{}` at {}, which is missing or incomplete (train it again with --resume, \
+             or restore the directory)",
+            dir.display(),
+            part.name,
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The run's length limit and truncation, unless the caller chose others.
+fn run_limits(model: &mut RewardModel, meta: &RunMeta, choice: &ScoreOptions) {
+    let max_length = choice.max_length.unwrap_or(meta.config.max_length);
+    model.set_limits(max_length, choice.truncation.unwrap_or(meta.config.truncation));
+}
+
 /// DMoERM: each task's stage-1 model with its experts' adapters and aggregator, and the router over
 /// the tasks when there are several.
 fn load_tasks(dir: &Path, meta: &RunMeta, opts: &LoadOptions, choice: &ScoreOptions) -> Result<Routed> {
-    let part_dir = |part: &Part, marker: &str| -> Result<PathBuf> {
-        let path = dir.join(&part.path);
-        if !path.join(marker).is_file() {
-            bail!(
-                "{}/rmroute.json names part `{}` at {}, which is missing or incomplete (train it again with \
-                 --resume, or restore the directory)",
-                dir.display(),
-                part.name,
-                path.display()
-            );
-        }
-        Ok(path)
-    };
-    let limits = |model: &mut RewardModel| {
-        let max_length = choice.max_length.unwrap_or(meta.config.max_length);
-        model.set_limits(max_length, choice.truncation.unwrap_or(meta.config.truncation));
-    };
+    let part_dir = |part: &Part, marker: &str| part_dir(dir, part, marker);
+    let limits = |model: &mut RewardModel| run_limits(model, meta, choice);
     let of_task = |task: &str, role: Role| -> Vec<&Part> {
         meta.parts.iter().filter(|p| p.role == role && p.domain.as_deref() == Some(task)).collect()
     };
