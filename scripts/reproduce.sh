@@ -21,7 +21,7 @@
 #                         on purpose: after a change that is meant to move the figures)
 # Environment: RMROUTE_BIN, an rmroute binary to use instead of building target/release/rmroute.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+repo=$(cd "$(dirname "$0")/.." && pwd)
 
 quick=0 methods="" seeds="" backbone="" data="" out="" device="" expected="" save_expected=0
 while [ $# -gt 0 ]; do
@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
     --device) device=$2; shift ;;
     --expected) expected=$2; shift ;;
     --save-expected) save_expected=1 ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see $0 --help)" >&2; exit 2 ;;
   esac
   shift
@@ -44,13 +44,17 @@ done
 # The quick slice: small enough for 2 CPU cores, large enough that learning shows above the seeds' spread.
 QUICK_PAIRS=${QUICK_PAIRS:-400}       # training pairs per domain
 QUICK_EVAL_PAIRS=${QUICK_EVAL_PAIRS:-300}
+if [ "$save_expected" = 1 ] && [ "$quick" = 0 ]; then
+  echo "--save-expected writes the quick slice's expected table: pass --quick too" >&2
+  exit 2
+fi
 if [ "$quick" = 1 ]; then
   methods=${methods:-baseline,baselora,more,rodos,arliss,dmoerm}
   seeds=${seeds:-1,2}
   backbone=${backbone:-minilm}
   out=${out:-reproduce-quick}
   device=${device:-cpu}
-  expected=${expected:-tests/expected/quick-table.json}
+  expected=${expected:-$repo/tests/expected/quick-table.json}
 else
   methods=${methods:-baseline,baselora,more,rodos,arliss,dmoerm}
   seeds=${seeds:-1,2,3,4,5}
@@ -58,7 +62,14 @@ else
   out=${out:-reproduce}
   device=${device:-cuda}
 fi
-data=${data:-../shared/data}
+data=${data:-$repo/../shared/data}
+# Paths given on the command line are the caller's; the rest of the script runs from the repository.
+absolute() { realpath -m "$1"; }
+data=$(absolute "$data")
+out=$(absolute "${out}")
+[ -n "$expected" ] && expected=$(absolute "$expected")
+[ -n "${RMROUTE_BIN:-}" ] && RMROUTE_BIN=$(absolute "$RMROUTE_BIN")
+cd "$repo"
 if [ "$quick" = 1 ] && [ "$save_expected" = 0 ] && [ ! -f "$expected" ]; then
   echo "no expected table at $expected: make one from a run you trust with --save-expected" >&2
   exit 2
@@ -74,7 +85,8 @@ else
 fi
 # Every command that makes a figure is written down, in order, as it runs.
 run() {
-  printf '%s\n' "$*" >> "$log"
+  printf '%q ' "$@" >> "$log"
+  printf '\n' >> "$log"
   "$@"
 }
 {
@@ -133,8 +145,11 @@ PY
     run_dir=$out/runs/$method-seed$seed
     if [ -f "$run_dir/rmroute.json" ]; then
       echo "$run_dir is done; not retrained" >&2
-    elif [ -d "$run_dir/checkpoint" ] || [ -d "$run_dir/stages" ]; then
+    elif [ -f "$run_dir/checkpoint/state.json" ] || [ -d "$run_dir/stages" ]; then
       run "$bin" $command --config "$config" --seed "$seed" --out "$run_dir" --quiet --resume
+    elif [ -d "$run_dir" ]; then
+      # Killed before its first checkpoint: nothing to resume, so it starts over.
+      run "$bin" $command --config "$config" --seed "$seed" --out "$run_dir" --quiet --force
     else
       run "$bin" $command --config "$config" --seed "$seed" --out "$run_dir" --quiet
     fi

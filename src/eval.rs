@@ -115,7 +115,12 @@ pub fn task_results(scorer: &Scorer, sets: &TestSets) -> Result<Option<BTreeMap<
             .as_ref()
             .and_then(|meta| meta.aspect_pairs.get(domain))
             .map(|counts| {
-                counts.iter().filter(|(a, _)| !experts.contains_key(*a)).map(|(a, n)| (a.clone(), *n)).collect()
+                // Aspects no pair carries are not "too few": the task simply has none.
+                counts
+                    .iter()
+                    .filter(|(a, n)| **n > 0 && !experts.contains_key(*a))
+                    .map(|(a, n)| (a.clone(), *n))
+                    .collect()
             })
             .unwrap_or_default();
         let single_expert = inner.experts.is_empty();
