@@ -103,6 +103,11 @@ pub struct Part {
     pub trainable_parameters: usize,
 }
 
+/// Table 3's "1 epoch" of a run of several models: one epoch of each part (its mean), added up.
+pub fn one_epoch_seconds(parts: &[Part]) -> f64 {
+    parts.iter().map(|p| p.epoch_seconds.iter().sum::<f64>() / p.epoch_seconds.len().max(1) as f64).sum()
+}
+
 /// `stage.json`: a finished stage's part, the settings it was trained with, and a fingerprint of what it
 /// was trained on.
 #[derive(Serialize, Deserialize)]

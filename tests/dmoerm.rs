@@ -285,6 +285,21 @@ fn tasks_named_in_the_records_cut_across_the_domain_folders() {
     assert_eq!((results.domains["combo"].pairs, results.domains["plain"].pairs), (20, 20));
     assert!(results.router.unwrap().accuracy >= 0.9, "{printed}");
 
+    // Test data without one of the run's tasks is refused, not averaged without it.
+    let other = out.path().join("other");
+    for name in ["first", "second"] {
+        let text = std::fs::read_to_string(data.join(name).join("test.jsonl")).unwrap();
+        let kept: String =
+            text.lines().filter(|l| l.contains("\"task\":\"combo\"")).map(|l| format!("{l}\n")).collect();
+        std::fs::create_dir_all(other.join(name)).unwrap();
+        std::fs::write(other.join(name).join("test.jsonl"), kept).unwrap();
+        std::fs::copy(data.join(name).join("train.jsonl"), other.join(name).join("train.jsonl")).unwrap();
+    }
+    let other_arg = other.display().to_string();
+    let output = common::rmroute(&["eval", "--model", &run_arg, "--data", &other_arg]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("task `plain`"), "{stderr}");
+
     // A record without a task among records with one is refused, naming it.
     let second = data.join("second/train.jsonl");
     let mut text = std::fs::read_to_string(&second).unwrap();

@@ -55,6 +55,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
     } else {
         domain_test_sets(&args.data, &resolve_domains(&args.data, &meta.domains)?, max_pairs, seed)?
     };
+    // A task without test pairs would drop out of the mean unseen.
+    if let Some(missing) = meta.domains.iter().find(|t| !sets.contains_key(*t)) {
+        bail!(
+            "no test pair of {} has task `{missing}`, which {} was trained on: add its test pairs, or evaluate \
+             on data that has them",
+            args.data.display(),
+            args.model.display()
+        );
+    }
     // A routed run is scored once with the router's choices and once with the true domains.
     let routed = routed_results(&scorer, &sets)?;
     let experts = expert_shares(&scorer, &sets)?;

@@ -587,8 +587,7 @@ fn write_manifest(
     routes_by_task: bool,
 ) -> Result<()> {
     let sum = |f: fn(&Part) -> usize| parts.iter().map(f).sum::<usize>();
-    let one_epoch: f64 =
-        parts.iter().map(|p| p.epoch_seconds.iter().sum::<f64>() / p.epoch_seconds.len().max(1) as f64).sum();
+    let one_epoch = crate::run::one_epoch_seconds(&parts);
     let model = "DMoERM: per task a reward model (stage 1), LoRA capability-point experts on it (stage 2) and \
                  an MLP aggregator over them (stage 3); a router over the tasks when there are several; see `parts`"
         .to_string();

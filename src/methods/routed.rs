@@ -262,9 +262,7 @@ fn write_manifest(
         _ => "RODOS: a reward model per domain and a router; see `parts`".into(),
     };
     let rewards = || parts.iter().filter(|p| p.role == Role::Reward);
-    // Table 3's "1 epoch" of a run of several models: one epoch of each part, added up.
-    let one_epoch: f64 =
-        parts.iter().map(|p| p.epoch_seconds.iter().sum::<f64>() / p.epoch_seconds.len().max(1) as f64).sum();
+    let one_epoch = crate::run::one_epoch_seconds(&parts);
     RunMeta {
         method: method.name().into(),
         domains,
