@@ -39,6 +39,7 @@ const PAIRS: usize = 32;
 const TOKENS: usize = 128;
 
 fn main() -> Result<()> {
+    rmroute::alloc::keep_freed_memory(); // as the rmroute binary does
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let model = PathBuf::from(flag("--model").unwrap_or_else(|| "models/all-MiniLM-L6-v2".into()));

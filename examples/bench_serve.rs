@@ -20,6 +20,7 @@ use rmroute::model::{LoadOptions, RewardModel};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<()> {
+    rmroute::alloc::keep_freed_memory(); // as the rmroute binary does
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let number = |name: &str, default: usize| -> Result<usize> {

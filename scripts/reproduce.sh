@@ -3,7 +3,8 @@
 # the seeds, evaluates each run and writes the tables (Markdown, CSV, plots) under one folder, with the
 # exact configs, commands and versions that produced them. A run that already finished is not retrained.
 #
-#   scripts/reproduce.sh                  # the paper: DeBERTa-v3-large, every method, seeds 1-5 (a GPU)
+#   scripts/reproduce.sh                  # the paper (a GPU): Baseline on DeBERTa-v3-large and -base, the
+#                                         #   other methods on DeBERTa-v3-base, seeds 1-5
 #   scripts/reproduce.sh --quick          # a slice for 2 CPU cores, checked against tests/expected/quick-table.json
 #
 # Options:
@@ -11,8 +12,8 @@
 #                         table is compared with the expected one (about 40 minutes on 2 cores)
 #   --methods a,b         of baseline, baselora, more, rodos, arliss, dmoerm (default: all)
 #   --seeds 1,2,3         default 1,2,3,4,5 (quick: 1,2)
-#   --backbone NAME       a configs/<method>-NAME.json family: deberta-v3-large (default), deberta-v3-base,
-#                         minilm, splade-tiny (quick's)
+#   --backbone NAME       a configs/<method>-NAME.json family: deberta-v3-large, deberta-v3-base, minilm,
+#                         splade-tiny (quick's), or paper (the default: the paper's pairing above)
 #   --data DIR            raw data laid out by domain (prepared here) or an already prepared folder
 #                         (default: ../shared/data, the shared real HH-RLHF, HellaSwag and OASST)
 #   --out DIR             default: reproduce/ (quick: reproduce-quick/)
@@ -20,6 +21,10 @@
 #   --expected FILE       quick: the table to compare with (default: tests/expected/quick-table.json)
 #   --save-expected       quick: write this run's table as the expected one instead of comparing (refresh it
 #                         on purpose: after a change that is meant to move the figures)
+# Runs are OUT/runs/<method>-<backbone>-seed<N>. A finished run is reused only if it was trained with the
+# settings this command would use; otherwise the script stops and says which setting differs.
+# DMoERM keeps its own stage settings under --quick (experts: lr 5e-5, 1 epoch; the aggregator, a small
+# MLP on cached features: 10 epochs at 1e-3), as configs/dmoerm-*.json set them.
 # Environment: RMROUTE_BIN, an rmroute binary to use instead of building target/release/rmroute.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,7 +41,7 @@ while [ $# -gt 0 ]; do
     --device) device=$2; shift ;;
     --expected) expected=$2; shift ;;
     --save-expected) save_expected=1 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see $0 --help)" >&2; exit 2 ;;
   esac
   shift
@@ -61,7 +66,7 @@ if [ "$quick" = 1 ]; then
 else
   methods=${methods:-baseline,baselora,more,rodos,arliss,dmoerm}
   seeds=${seeds:-1,2,3,4,5}
-  backbone=${backbone:-deberta-v3-large}
+  backbone=${backbone:-paper}
   out=${out:-reproduce}
   device=${device:-cuda}
 fi
@@ -94,7 +99,7 @@ run() {
 }
 {
   echo "rmroute: $("$bin" --version)"
-  echo "git: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
+  echo "git: $(git rev-parse HEAD 2>/dev/null || echo unknown)$([ -z "$(git status --porcelain 2>/dev/null)" ] || echo ' (with local changes)')"
   echo "rustc: $(rustc --version 2>/dev/null || echo unknown)"
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "host: $(uname -srm), $(nproc) cores"
@@ -121,15 +126,34 @@ fi
 runs=()
 IFS=, read -ra method_list <<< "$methods"
 IFS=, read -ra seed_list <<< "$seeds"
+# What to train: each method on the backbone, or the paper's pairing. Every config is checked first, so a
+# missing one stops the script before hours of training, not after.
+plan=()
 for method in "${method_list[@]}"; do
   case $method in
-    baseline|baselora) command=train-baseline ;;
-    more|rodos|arliss|dmoerm) command=train-$method ;;
+    baseline|baselora|more|rodos|arliss|dmoerm) ;;
     *) echo "unknown method $method (baseline, baselora, more, rodos, arliss, dmoerm)" >&2; exit 2 ;;
   esac
-  source_config=configs/$method-$backbone.json
-  [ -f "$source_config" ] || { echo "no $source_config: $method has no config for backbone $backbone" >&2; exit 2; }
-  config=$out/configs/$method.json
+  if [ "$backbone" = paper ]; then
+    [ "$method" = baseline ] && plan+=("baseline:deberta-v3-large")
+    plan+=("$method:deberta-v3-base")
+  else
+    plan+=("$method:$backbone")
+  fi
+done
+for entry in "${plan[@]}"; do
+  source_config=configs/${entry%%:*}-${entry#*:}.json
+  [ -f "$source_config" ] || { echo "no $source_config: ${entry%%:*} has no config for backbone ${entry#*:}" >&2; exit 2; }
+done
+
+for entry in "${plan[@]}"; do
+  method=${entry%%:*} family=${entry#*:}
+  case $method in
+    baseline|baselora) command=train-baseline ;;
+    *) command=train-$method ;;
+  esac
+  source_config=configs/$method-$family.json
+  config=$out/configs/$method-$family.json
   # The config as run: the repository's, with the data, device and (quick) the slice written in.
   python3 - "$source_config" "$config" "$prepared" "$device" "$quick" "$QUICK_PAIRS" "$QUICK_EVAL_PAIRS" <<'PY'
 import json, sys
@@ -141,16 +165,30 @@ if quick == "1":
                 "warmup_ratio": 0.1, "log_every": 5})
     if eval_pairs:
         cfg["max_eval_pairs"] = int(eval_pairs)
-    for section in ("rodos", "arliss", "dmoerm"):
-        if section in cfg:
-            cfg[section].setdefault("router", {}).update({"epochs": 1})
 json.dump(cfg, open(target, "w"), indent=2)
 PY
   for seed in "${seed_list[@]}"; do
-    run_dir=$out/runs/$method-seed$seed
+    run_dir=$out/runs/$method-$family-seed$seed
     if [ -f "$run_dir/rmroute.json" ]; then
+      # Reused only if trained as this command would train it (every setting the config names).
+      python3 - "$config" "$run_dir/rmroute.json" <<'PY' || exit 2
+import json, sys
+wanted, meta_path = json.load(open(sys.argv[1])), sys.argv[2]
+had = json.load(open(meta_path)).get("config", {})
+def differ(want, have, path):
+    for key, value in want.items():
+        if key in ("seed", "out"):
+            continue
+        if isinstance(value, dict) and isinstance(have.get(key), dict):
+            yield from differ(value, have[key], f"{path}{key}.")
+        elif have.get(key) != value:
+            yield f"{path}{key}: {have.get(key)!r} there, {value!r} here"
+found = list(differ(wanted, had, ""))
+if found:
+    sys.exit(f"{meta_path} was trained with other settings ({'; '.join(found)}): remove that run or pass another --out")
+PY
       echo "$run_dir is done; not retrained" >&2
-    elif [ -f "$run_dir/checkpoint/state.json" ] || [ -d "$run_dir/stages" ]; then
+    elif [ -f "$run_dir/checkpoint/state.json" ] || [ -d "$run_dir/stages" ] || compgen -G "$run_dir/.checkpoint.old-*" >/dev/null; then
       run "$bin" $command --config "$config" --seed "$seed" --out "$run_dir" --quiet --resume
     elif [ -d "$run_dir" ]; then
       # Killed before its first checkpoint: nothing to resume, so it starts over.

@@ -317,12 +317,21 @@ fn accuracy(records: &[PairRecord], score: impl FnMut(&[(&str, &str)]) -> Result
     Ok(DomainResult { pairs: records.len(), accuracy: correct as f64 / records.len().max(1) as f64 })
 }
 
-/// Pairs whose chosen response out-scores the rejected one, scoring 32 pairs at a time.
+/// Pairs whose chosen response out-scores the rejected one, scoring 32 pairs at a time, shortest
+/// first (`bucket`: each batch pads to its longest row, so similar lengths together pad little).
 fn count_correct(records: &[PairRecord], mut score: impl FnMut(&[(&str, &str)]) -> Result<Vec<f32>>) -> Result<usize> {
+    count_correct_indexed(records, |_, inputs| score(inputs))
+}
+
+/// [`count_correct`], telling `score` which records (their indices in `records`) each batch holds.
+fn count_correct_indexed(
+    records: &[PairRecord],
+    mut score: impl FnMut(&[usize], &[(&str, &str)]) -> Result<Vec<f32>>,
+) -> Result<usize> {
     let mut correct = 0;
-    for chunk in records.chunks(32) {
-        let refs: Vec<&PairRecord> = chunk.iter().collect();
-        let rewards = score(&chosen_then_rejected(&refs))?;
+    for chunk in crate::bucket::pair_order(records).chunks(32) {
+        let refs: Vec<&PairRecord> = chunk.iter().map(|&i| &records[i]).collect();
+        let rewards = score(chunk, &chosen_then_rejected(&refs))?;
         let (chosen, rejected) = rewards.split_at(chunk.len());
         correct += pairwise_correct(chosen, rejected);
     }
@@ -349,11 +358,8 @@ pub fn routed_results(scorer: &Scorer, sets: &TestSets) -> Result<Option<RoutedR
         }
         per_domain.insert(domain.clone(), picked.iter().filter(|&&p| p == truth).count() as f64 / picked.len() as f64);
         // Routed: the chosen and the rejected response of a pair go to the model its prompt routes to.
-        let mut offset = 0;
-        let correct = count_correct(records, |inputs| {
-            let n = inputs.len() / 2;
-            let chosen: Vec<String> = picked[offset..offset + n].iter().map(|&p| labels[p].clone()).collect();
-            offset += n;
+        let correct = count_correct_indexed(records, |indices, inputs| {
+            let chosen: Vec<String> = indices.iter().map(|&i| labels[picked[i]].clone()).collect();
             let both: Vec<String> = chosen.iter().chain(&chosen).cloned().collect();
             routed.score_in(inputs, &both, inputs.len())
         })?;

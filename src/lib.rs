@@ -3,14 +3,17 @@
 //! Data flows one way: raw files → [`data::prepare`] → pair JSONL → batches → model → rewards →
 //! metrics → tables.
 
+pub mod alloc;
 pub mod aspects;
 pub mod backbone;
 pub mod base;
+pub mod bucket;
 pub mod compare;
 pub mod config;
 pub mod data;
 pub mod encoding;
 pub mod eval;
+pub mod gelu;
 pub mod heads;
 pub mod load;
 pub mod lora;

@@ -46,6 +46,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    rmroute::alloc::keep_freed_memory();
     match Cli::parse().command {
         Command::Prepare(args) => cli::prepare::run(args),
         Command::Score(args) => cli::score::run(args),

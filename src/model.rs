@@ -293,25 +293,30 @@ impl RewardModel {
 
     /// The most likely label of each prompt, in batches of `batch_size`, in evaluation mode, from the
     /// model's own head or from the classifier adapter `adapters` names.
+    /// Batches are cut shortest first ([`crate::bucket`]); the labels come back in input order.
     pub fn classify(&self, prompts: &[&str], batch_size: usize, adapters: &Adapters) -> Result<Vec<usize>> {
         let ctx = Ctx::eval().with_adapters(adapters.clone());
-        let mut out = Vec::with_capacity(prompts.len());
-        for chunk in prompts.chunks(batch_size.max(1)) {
-            let logits = self.logits(&self.encode_prompts(chunk)?, &ctx)?;
-            out.extend(logits.argmax(1)?.to_vec1::<u32>()?.into_iter().map(|i| i as usize));
+        let order = crate::bucket::text_order(prompts);
+        let mut sorted = Vec::with_capacity(prompts.len());
+        for chunk in order.chunks(batch_size.max(1)) {
+            let texts: Vec<&str> = chunk.iter().map(|&i| prompts[i]).collect();
+            let logits = self.logits(&self.encode_prompts(&texts)?, &ctx)?;
+            sorted.extend(logits.argmax(1)?.to_vec1::<u32>()?.into_iter().map(|i| i as usize));
         }
-        Ok(out)
+        Ok(crate::bucket::restore(&sorted, &order)?)
     }
 
-    /// Rewards for `(prompt, response)` pairs in batches of `batch_size`, in evaluation mode.
+    /// Rewards for `(prompt, response)` pairs in batches of `batch_size`, in evaluation mode. Batches
+    /// are cut shortest first ([`crate::bucket`]); the rewards come back in input order.
     pub fn score(&self, pairs: &[(&str, &str)], batch_size: usize, adapters: &Adapters) -> Result<Vec<f32>> {
         let ctx = Ctx::eval().with_adapters(adapters.clone());
-        let mut out = Vec::with_capacity(pairs.len());
-        for chunk in pairs.chunks(batch_size.max(1)) {
-            let batch = self.encode(chunk)?;
-            out.extend(self.forward(&batch, &ctx)?.to_vec1::<f32>()?);
+        let order = crate::bucket::input_order(pairs);
+        let mut sorted = Vec::with_capacity(pairs.len());
+        for chunk in order.chunks(batch_size.max(1)) {
+            let inputs: Vec<(&str, &str)> = chunk.iter().map(|&i| pairs[i]).collect();
+            sorted.extend(self.forward(&self.encode(&inputs)?, &ctx)?.to_vec1::<f32>()?);
         }
-        Ok(out)
+        Ok(crate::bucket::restore(&sorted, &order)?)
     }
 
     pub fn adapter_names(&self) -> Vec<String> {

@@ -162,7 +162,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 /// The activations of Hugging Face configs that our encoders accept.
 pub fn activation(name: &str, x: &Tensor) -> Result<Tensor> {
     match name {
-        "gelu" => x.gelu_erf(),
+        "gelu" => crate::gelu::gelu_erf(x),
         "gelu_new" | "gelu_pytorch_tanh" => x.gelu(),
         "relu" => x.relu(),
         "tanh" => x.tanh(),

@@ -187,6 +187,13 @@ fn compare_passes_an_equal_table_names_a_moved_cell_and_refuses_a_missing_method
     assert_eq!(result.failed.len(), 1, "{:?}", result.failed);
     assert!(result.failed[0].starts_with("baseline (minilm), anthropic: 0.4000 against 0.6200"), "{:?}", result.failed);
 
+    // A method the expected table lacks is listed as unchecked, not failed and not silently passed.
+    let baseline_only = expected_table(&runs[..2], 3.0, "test");
+    let extra = compare(&runs, &baseline_only).unwrap();
+    assert!(extra.failed.is_empty() && extra.passed.len() == 3, "{:?}", extra.failed);
+    assert_eq!(extra.unchecked.len(), 3, "{:?}", extra.unchecked);
+    assert!(extra.unchecked.iter().all(|l| l.starts_with("rodos (minilm)")), "{:?}", extra.unchecked);
+
     let err = compare(&runs[..2], &expected).unwrap_err().to_string();
     assert!(err.contains("rodos (minilm) anthropic") && err.contains("refresh the expected table"), "{err}");
 

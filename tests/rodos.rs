@@ -82,6 +82,31 @@ fn the_router_learns_the_domains_and_routing_costs_nothing() {
     let right = c.iter().zip(&r).filter(|(c, r)| c > r).count();
     assert!(right * 5 < beta.len(), "alpha's model on beta: {right} of {} right", beta.len());
 
+    // Routed accuracy scores each pair with its own prompt's route, whatever order the batches are
+    // cut in (shortest first): alpha's and beta's pairs mixed under one name, each checked one by one.
+    let mut mixed = rmroute::eval::test_pairs(data.path(), "alpha", None, 0).unwrap();
+    mixed.extend(beta.iter().cloned());
+    let order = rmroute::bucket::pair_order(&mixed);
+    assert_ne!(order, (0..mixed.len()).collect::<Vec<_>>(), "the batches must be cut out of file order");
+    let sets: rmroute::eval::TestSets = [("alpha".to_string(), mixed.clone())].into_iter().collect();
+    let results = routed_results(&scorer, &sets).unwrap().unwrap();
+    let Kind::Routed(routed) = &scorer.kind else { unreachable!() };
+    let one_by_one = mixed
+        .iter()
+        .filter(|p| {
+            let domain = routed.domains[routed.route(&[p.prompt.as_str()], 1).unwrap()[0]].clone();
+            let inputs = [(p.prompt.as_str(), p.chosen.as_str()), (p.prompt.as_str(), p.rejected.as_str())];
+            let rewards = routed.score_in(&inputs, &[domain.clone(), domain], 2).unwrap();
+            rewards[0] > rewards[1]
+        })
+        .count();
+    let routed_accuracy = results.routed["alpha"].accuracy;
+    assert!(
+        (routed_accuracy - one_by_one as f64 / mixed.len() as f64).abs() < 1e-12,
+        "{routed_accuracy} vs {one_by_one}"
+    );
+    assert!(routed_accuracy >= 0.9, "each pair went to its own domain's model: {routed_accuracy}");
+
     // The router is a transformers classifier over the domains.
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("stages/router/config.json")).unwrap()).unwrap();

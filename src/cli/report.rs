@@ -30,8 +30,8 @@ pub struct ReportArgs {
     /// Write these runs' Table 2 as an expected table (mean, spread over seeds, test pairs per cell).
     #[arg(long, value_name = "FILE")]
     pub save_expected: Option<PathBuf>,
-    /// With --save-expected: how many tolerances a figure may move.
-    #[arg(long, default_value_t = rmroute::compare::DEFAULT_K)]
+    /// With --save-expected: how many tolerances a figure may move (a compared table keeps its own).
+    #[arg(long, default_value_t = rmroute::compare::DEFAULT_K, requires = "save_expected")]
     pub k: f64,
 }
 
@@ -91,6 +91,9 @@ pub fn run(args: ReportArgs) -> Result<()> {
         }
         for line in &comparison.failed {
             println!("MOVED {line}");
+        }
+        for line in &comparison.unchecked {
+            println!("new   {line} (not in the expected table: unchecked until it is refreshed)");
         }
         if !comparison.failed.is_empty() {
             bail!(

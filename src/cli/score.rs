@@ -35,6 +35,16 @@ enum Item {
     Single { id: String, prompt: String, response: String },
 }
 
+impl Item {
+    /// Characters, standing in for tokens when batches are cut by length.
+    fn length(&self) -> usize {
+        match self {
+            Item::Pair { prompt, chosen, rejected, .. } => prompt.len() + chosen.len().max(rejected.len()),
+            Item::Single { prompt, response, .. } => prompt.len() + response.len(),
+        }
+    }
+}
+
 fn read_items(path: &Path) -> Result<Vec<Item>> {
     let mut items = Vec::new();
     for line in read_lines(path)? {
@@ -73,10 +83,15 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     bar.set_style(ProgressStyle::with_template(
         "scoring {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {per_sec}",
     )?);
-    let mut lines = Vec::with_capacity(items.len());
-    for chunk in items.chunks(args.batch_size.max(1)) {
+    // Batches are cut shortest first (each pads to its longest row); lines are written in input order.
+    let lengths: Vec<usize> = items.iter().map(Item::length).collect();
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| lengths[i]);
+    let mut lines = vec![serde_json::Value::Null; items.len()];
+    for indices in order.chunks(args.batch_size.max(1)) {
+        let chunk: Vec<&Item> = indices.iter().map(|&i| &items[i]).collect();
         let mut inputs: Vec<(&str, &str)> = Vec::new();
-        for item in chunk {
+        for item in &chunk {
             match item {
                 Item::Pair { prompt, chosen, rejected, .. } => {
                     inputs.push((prompt, chosen));
@@ -88,7 +103,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         let scored = scorer.score(&inputs, inputs.len())?;
         let mut next = scored.rewards.iter();
         let mut routed = scored.domains.iter().flatten();
-        for item in chunk {
+        for (item, &index) in chunk.iter().zip(indices) {
             let mut take = || next.next().copied().unwrap_or(f32::NAN);
             let mut line = match item {
                 Item::Pair { id, .. } => serde_json::json!({"id": id, "chosen": take(), "rejected": take()}),
@@ -100,7 +115,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
                     routed.next(); // the rejected response goes where its prompt went
                 }
             }
-            lines.push(line);
+            lines[index] = line;
         }
         bar.inc(chunk.len() as u64);
     }
