@@ -295,11 +295,12 @@ impl RewardModel {
     /// model's own head or from the classifier adapter `adapters` names.
     /// Batches are cut shortest first ([`crate::bucket`]); the labels come back in input order.
     pub fn classify(&self, prompts: &[&str], batch_size: usize, adapters: &Adapters) -> Result<Vec<usize>> {
-        let ctx = Ctx::eval().with_adapters(adapters.clone());
+        adapters.check_rows(prompts.len())?;
         let order = crate::bucket::text_order(prompts);
         let mut sorted = Vec::with_capacity(prompts.len());
         for chunk in order.chunks(batch_size.max(1)) {
             let texts: Vec<&str> = chunk.iter().map(|&i| prompts[i]).collect();
+            let ctx = Ctx::eval().with_adapters(adapters.of_rows(chunk)?);
             let logits = self.logits(&self.encode_prompts(&texts)?, &ctx)?;
             sorted.extend(logits.argmax(1)?.to_vec1::<u32>()?.into_iter().map(|i| i as usize));
         }
@@ -309,11 +310,12 @@ impl RewardModel {
     /// Rewards for `(prompt, response)` pairs in batches of `batch_size`, in evaluation mode. Batches
     /// are cut shortest first ([`crate::bucket`]); the rewards come back in input order.
     pub fn score(&self, pairs: &[(&str, &str)], batch_size: usize, adapters: &Adapters) -> Result<Vec<f32>> {
-        let ctx = Ctx::eval().with_adapters(adapters.clone());
+        adapters.check_rows(pairs.len())?;
         let order = crate::bucket::input_order(pairs);
         let mut sorted = Vec::with_capacity(pairs.len());
         for chunk in order.chunks(batch_size.max(1)) {
             let inputs: Vec<(&str, &str)> = chunk.iter().map(|&i| pairs[i]).collect();
+            let ctx = Ctx::eval().with_adapters(adapters.of_rows(chunk)?);
             sorted.extend(self.forward(&self.encode(&inputs)?, &ctx)?.to_vec1::<f32>()?);
         }
         Ok(crate::bucket::restore(&sorted, &order)?)

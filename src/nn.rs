@@ -23,6 +23,36 @@ pub enum Adapters {
     PerRow(Vec<Option<String>>),
 }
 
+impl Adapters {
+    /// The adapters of the inputs at `rows` (indices into the inputs these adapters were given for):
+    /// a per-row list follows its rows when a batch is cut from them in another order.
+    /// A per-row list must name one adapter (or none) for each of `rows` inputs.
+    pub fn check_rows(&self, rows: usize) -> Result<()> {
+        match self {
+            Adapters::PerRow(names) if names.len() != rows => {
+                candle_core::bail!("{} per-row adapters for {rows} inputs", names.len())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// An index past a per-row list is an error, never a row without its adapter.
+    pub fn of_rows(&self, rows: &[usize]) -> Result<Adapters> {
+        match self {
+            Adapters::PerRow(names) => rows
+                .iter()
+                .map(|&i| {
+                    names.get(i).cloned().ok_or_else(|| {
+                        candle_core::Error::Msg(format!("{} per-row adapters for input {}", names.len(), i + 1))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Adapters::PerRow),
+            other => Ok(other.clone()),
+        }
+    }
+}
+
 /// State a forward pass needs besides the inputs.
 pub struct Ctx {
     pub train: bool,
