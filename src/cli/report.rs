@@ -73,10 +73,14 @@ pub fn run(args: ReportArgs) -> Result<()> {
         anyhow::ensure!(args.k > 0.0, "--k must be positive");
         let about = format!(
             "Table 2 of {} runs ({}): a figure fails `rmroute report --compare` when it is more than k tolerances \
-             from `mean`; a cell's tolerance is the larger of `std` (over its seeds) and the sampling error \
-             sqrt(mean·(1−mean)/pairs). Made by rmroute {}; refresh it on purpose with --save-expected.",
+             from `mean`; a cell's tolerance is the larger of `std` (over its seeds) and `sampling_error`, that of \
+             an accuracy on its test pairs. Made by rmroute {}; refresh it on purpose with --save-expected.",
             results.len(),
-            args.runs.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            args.runs
+                .iter()
+                .map(|p| p.file_name().unwrap_or(p.as_os_str()).to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(", "),
             env!("CARGO_PKG_VERSION")
         );
         let table = expected_table(&results, args.k, &about);
