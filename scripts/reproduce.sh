@@ -9,7 +9,7 @@
 #
 # Options:
 #   --quick               SPLADE-tiny, 2,000 training pairs per domain, 1 epoch, 2 seeds, every test pair; the
-#                         table is compared with the expected one (about 40 minutes on 2 cores)
+#                         table is compared with the expected one (an hour or so on 2 cores)
 #   --methods a,b         of baseline, baselora, more, rodos, arliss, dmoerm (default: all)
 #   --seeds 1,2,3         default 1,2,3,4,5 (quick: 1,2)
 #   --backbone NAME       a configs/<method>-NAME.json family: deberta-v3-large, deberta-v3-base, minilm,
@@ -97,14 +97,15 @@ run() {
   printf '\n' >> "$log"
   "$@"
 }
+# Appended, so the versions that trained the runs stay beside those of later invocations.
 {
+  echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "rmroute: $("$bin" --version)"
   echo "git: $(git rev-parse HEAD 2>/dev/null || echo unknown)$([ -z "$(git status --porcelain 2>/dev/null)" ] || echo ' (with local changes)')"
   echo "rustc: $(rustc --version 2>/dev/null || echo unknown)"
-  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "host: $(uname -srm), $(nproc) cores"
   echo "options: quick=$quick methods=$methods seeds=$seeds backbone=$backbone data=$data device=$device"
-} > "$out/versions.txt"
+} >> "$out/versions.txt"
 echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ)" >> "$log"
 
 scripts/fetch-models.sh >/dev/null
