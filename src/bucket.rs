@@ -2,7 +2,7 @@
 //! each batch to its longest row (what the encoder does) wastes little. Real data mixes one-line and
 //! page-long inputs; in file order nearly every batch pads to its longest, close to `max_length`.
 //!
-//! Bytes of UTF-8 text stand in for tokens: the order only has to group similar lengths, and counting characters
+//! Bytes of UTF-8 text stand in for tokens: the order only has to group similar lengths, and counting bytes
 //! costs nothing where tokenizing twice would not. Results always go back to the input order.
 
 use crate::data::PairRecord;
@@ -24,6 +24,11 @@ pub fn input_order(inputs: &[(&str, &str)]) -> Vec<usize> {
 /// Indices of texts from shortest to longest, ties in input order.
 pub fn text_order(texts: &[&str]) -> Vec<usize> {
     order_by(texts.len(), |i| texts[i].len())
+}
+
+/// Indices of items with these lengths, shortest first, ties in input order.
+pub fn length_order(lengths: &[usize]) -> Vec<usize> {
+    order_by(lengths.len(), |i| lengths[i])
 }
 
 fn order_by(n: usize, length: impl Fn(usize) -> usize) -> Vec<usize> {

@@ -36,7 +36,7 @@ enum Item {
 }
 
 impl Item {
-    /// Characters, standing in for tokens when batches are cut by length.
+    /// Bytes, standing in for tokens when batches are cut by length.
     fn length(&self) -> usize {
         match self {
             Item::Pair { prompt, chosen, rejected, .. } => prompt.len() + chosen.len().max(rejected.len()),
@@ -85,8 +85,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     )?);
     // Batches are cut shortest first (each pads to its longest row); lines are written in input order.
     let lengths: Vec<usize> = items.iter().map(Item::length).collect();
-    let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by_key(|&i| lengths[i]);
+    let order = rmroute::bucket::length_order(&lengths);
     let mut lines = vec![serde_json::Value::Null; items.len()];
     for indices in order.chunks(args.batch_size.max(1)) {
         let chunk: Vec<&Item> = indices.iter().map(|&i| &items[i]).collect();
