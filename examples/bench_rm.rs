@@ -3,6 +3,7 @@
 //!
 //! `bench_rm MODE --model DIR [--batch 32] [--seq 128] [--warmup 2] [--iters 7]`, MODE one of
 //! - `infer`: a forward pass in evaluation mode, rewards for the batch;
+//! - `infer_bf16`: the same with `--dtype bf16` (the encoder's linear layers in bf16);
 //! - `train_full`: forward with dropout, the pairwise loss, backward and an AdamW step, every parameter
 //!   trainable;
 //! - `train_lora`: the same with a LoRA adapter (r 8, alpha 16, no dropout) on the attention's
@@ -18,6 +19,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rmroute::bf16::Precision;
 use rmroute::encoding::Batch;
 use rmroute::lora::{LoraConfig, TargetModules};
 use rmroute::model::{LoadOptions, RewardModel};
@@ -42,7 +44,7 @@ fn main() -> Result<()> {
     };
     let Some(mode) = args.first().cloned() else {
         bail!(
-            "usage: bench_rm infer|train_full|train_lora --model DIR [--batch 32] [--seq 128] [--warmup 2] [--iters 7]"
+            "usage: bench_rm infer|infer_bf16|train_full|train_lora --model DIR [--batch 32] [--seq 128] [--warmup 2] [--iters 7]"
         )
     };
     let model_dir = PathBuf::from(flag("--model").context("--model DIR is required")?);
@@ -52,14 +54,15 @@ fn main() -> Result<()> {
         bail!("--batch must be even (pairs) and --iters positive");
     }
     let train_encoder = mode == "train_full";
-    let mut model =
-        RewardModel::load(&model_dir, &LoadOptions { train_encoder, new_head: true, ..Default::default() })?;
+    let precision = if mode == "infer_bf16" { Precision::Bf16 } else { Precision::F32 };
+    let opts = LoadOptions { train_encoder, new_head: true, precision, ..Default::default() };
+    let mut model = RewardModel::load(&model_dir, &opts)?;
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json"))?)?;
     let vocab = config["vocab_size"].as_u64().context("config.json has no vocab_size")? as u32;
     let batch = random_batch(vocab, batch_size, seq)?;
 
     let times = match mode.as_str() {
-        "infer" => {
+        "infer" | "infer_bf16" => {
             let ctx = Ctx::eval();
             timed(warmup, iters, || {
                 model.forward(&batch, &ctx)?.to_vec1::<f32>()?;
@@ -100,13 +103,13 @@ fn main() -> Result<()> {
                 Ok(())
             })?
         }
-        other => bail!("unknown mode `{other}` (infer, train_full, train_lora)"),
+        other => bail!("unknown mode `{other}` (infer, infer_bf16, train_full, train_lora)"),
     };
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     let trainable: usize = match mode.as_str() {
-        "infer" => 0,
+        "infer" | "infer_bf16" => 0,
         "train_lora" => model.adapter_parameter_count(ADAPTER),
         _ => model.parameter_count(),
     };

@@ -84,10 +84,12 @@ for backbone in "${backbone_list[@]}"; do
     deberta-v3-base) model=$work/deberta-v3-base-random; [ -d "$model" ] || make_deberta "$model" >&2 ;;
     *) echo "unknown backbone $backbone (minilm, deberta-v3-base)" >&2; exit 2 ;;
   esac
-  for mode in infer train_full train_lora; do
+  for mode in infer infer_bf16 train_full train_lora; do
     echo "== $backbone $mode" >&2
     RAYON_NUM_THREADS=$threads measure "$work/$backbone-$mode-rmroute.json" \
       "$bin" "$mode" --model "$model" --warmup "$warmup" --iters "$iters"
+    # bf16 scoring is set beside PyTorch's f32 scoring (the reference has no bf16 mode).
+    [ "$mode" != infer_bf16 ] || continue
     HF_HUB_OFFLINE=1 measure "$work/$backbone-$mode-torch.json" \
       "$venv/bin/python" "$reference" --model-dir "$model" --modes "$mode" --threads "$threads" \
       --warmup "$warmup" --iters "$iters" --json "$work/$backbone-$mode-torch-own.json"
@@ -99,7 +101,8 @@ import json, os, platform, subprocess, sys
 work, backbones, threads = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
 import torch, transformers
 names = {"minilm": "all-MiniLM-L6-v2 (22.7M)", "deberta-v3-base": "DeBERTa-v3-base shape, random (184M)"}
-modes = {"infer": "scoring, s per batch (32 x 128)", "train_full": "full fine-tuning, s per step (16 pairs)",
+modes = {"infer": "scoring, s per batch (32 x 128)", "infer_bf16": "scoring in bf16 (`--dtype bf16`) vs PyTorch f32",
+         "train_full": "full fine-tuning, s per step (16 pairs)",
          "train_lora": "LoRA r 8 q/k/v/attn-out, s per step"}
 git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 print(f"rmroute {git}, torch {torch.__version__}, transformers {transformers.__version__}, "
@@ -109,8 +112,9 @@ print("|---|---|---:|---:|---:|---:|")
 for backbone in backbones:
     for mode, label in modes.items():
         ours = json.load(open(f"{work}/{backbone}-{mode}-rmroute.json"))
-        theirs_own = json.load(open(f"{work}/{backbone}-{mode}-torch-own.json"))["results"][mode]
-        theirs_rss = json.load(open(f"{work}/{backbone}-{mode}-torch.json"))["peak_rss_bytes"]
+        ref = "infer" if mode == "infer_bf16" else mode
+        theirs_own = json.load(open(f"{work}/{backbone}-{ref}-torch-own.json"))["results"][ref]
+        theirs_rss = json.load(open(f"{work}/{backbone}-{ref}-torch.json"))["peak_rss_bytes"]
         a, b = ours["median_s_per_batch"], theirs_own["median_s_per_batch"]
         mib = lambda x: x / 2**20
         print(f"| {names[backbone]} | {label} | {a:.3f} | {b:.3f} | {b / a:.2f}x | "

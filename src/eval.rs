@@ -11,6 +11,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+use crate::bf16::Precision;
 use crate::data::split::{mix, stable_hash};
 use crate::data::{read_pairs, PairRecord};
 use crate::load::{Kind, RoutedParts, Scorer, Switching};
@@ -57,6 +58,9 @@ pub struct Results {
     /// ARLISS: routed scoring of mixed-domain batches with each way of switching adapters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switching: Option<Vec<SwitchingTiming>>,
+    /// The number format the linear layers scored in (`--dtype`); absent means f32.
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub precision: Precision,
     /// Resident memory of the evaluating process (Linux).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<Memory>,
@@ -393,4 +397,8 @@ pub fn seconds_per_step(scorer: &Scorer, inputs: &[(&str, &str)], n: usize) -> R
         scorer.score(&[*input], 1)?;
     }
     Ok(start.elapsed().as_secs_f64() / take as f64)
+}
+
+fn is_f32(p: &Precision) -> bool {
+    *p == Precision::F32
 }

@@ -7,6 +7,7 @@ pub mod alloc;
 pub mod aspects;
 pub mod backbone;
 pub mod base;
+pub mod bf16;
 pub mod bucket;
 pub mod compare;
 pub mod config;

@@ -11,6 +11,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::bf16::Bf16Linear;
 use crate::nn::{linear, Adapters, Ctx};
 
 /// The PEFT `adapter_config.json` fields rmroute uses (other PEFT fields are written with their defaults).
@@ -135,11 +136,13 @@ pub struct LoraLinear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     adapters: BTreeMap<String, Adapter>,
+    /// The base layer in bf16, for scoring with `--dtype bf16` (adapters stay f32).
+    bf16: Option<Bf16Linear>,
 }
 
 impl LoraLinear {
     pub fn new(path: impl Into<String>, weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { path: path.into(), weight, bias, adapters: BTreeMap::new() }
+        Self { path: path.into(), weight, bias, adapters: BTreeMap::new(), bf16: None }
     }
 
     /// Loads `weight` (and `bias` when `with_bias`) at `vb`'s path.
@@ -197,12 +200,29 @@ impl LoraLinear {
     pub fn merge(&mut self, name: &str) -> Result<()> {
         self.weight = self.merged_weight(name)?.detach();
         self.adapters.remove(name);
+        if self.bf16.is_some() {
+            self.use_bf16()?;
+        }
         Ok(())
+    }
+
+    /// Scores the base layer in bf16 from now on (see [`crate::bf16`]); not for training.
+    pub fn use_bf16(&mut self) -> Result<()> {
+        self.bf16 = Some(Bf16Linear::new(&self.weight, self.bias.as_ref())?);
+        Ok(())
+    }
+
+    /// `x·Wᵀ + b`, in bf16 when [`Self::use_bf16`] was called.
+    fn base(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.bf16 {
+            Some(layer) => layer.forward(x),
+            None => linear(x, &self.weight, self.bias.as_ref()),
+        }
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         match &ctx.adapters {
-            Adapters::None => linear(x, &self.weight, self.bias.as_ref()),
+            Adapters::None => self.base(x),
             Adapters::One(name) => self.forward_with(x, self.adapters.get(name), ctx),
             Adapters::PerRow(names) => self.forward_per_row(x, names, ctx),
         }
@@ -210,7 +230,7 @@ impl LoraLinear {
 
     /// The layer with `adapter` (or none) on every row of `x`.
     fn forward_with(&self, x: &Tensor, adapter: Option<&Adapter>, ctx: &Ctx) -> Result<Tensor> {
-        let base = linear(x, &self.weight, self.bias.as_ref())?;
+        let base = self.base(x)?;
         match adapter {
             Some(adapter) => base + adapter.delta(&ctx.dropout(x, adapter.dropout)?)?,
             None => Ok(base),
@@ -230,7 +250,7 @@ impl LoraLinear {
         if let Some(first) = names.first().filter(|first| names.iter().all(|n| n == *first)) {
             return self.forward_with(x, first.as_deref().and_then(|n| self.adapters.get(n)), ctx);
         }
-        let base = linear(x, &self.weight, self.bias.as_ref())?;
+        let base = self.base(x)?;
         let mut deltas = Vec::new();
         let mut start = 0;
         while start < batch {
@@ -249,7 +269,7 @@ impl LoraLinear {
 impl Module for LoraLinear {
     /// The base layer alone (no adapter, evaluation).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        linear(x, &self.weight, self.bias.as_ref())
+        self.base(x)
     }
 }
 

@@ -12,6 +12,7 @@ use tokenizers::Tokenizer;
 use crate::backbone::params::ParamStore;
 use crate::backbone::tokenizer::load_tokenizer;
 use crate::backbone::{load_checkpoint, Arch, Bert, Checkpoint, Deberta, Encoder};
+use crate::bf16::Precision;
 use crate::data::io::{sync_file, write_atomic, StagedDir};
 use crate::encoding::{Batch, PairEncoder, Truncation};
 use crate::heads::RewardHead;
@@ -34,11 +35,20 @@ pub struct LoadOptions {
     pub new_head: bool,
     /// A classifier over these labels (a router over domains) instead of a one-output reward head.
     pub labels: Option<Vec<String>>,
+    /// The encoder's linear layers score in bf16 (scoring only: refused with `train_encoder`).
+    pub precision: Precision,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { device: Device::Cpu, train_encoder: false, seed: 0, new_head: false, labels: None }
+        Self {
+            device: Device::Cpu,
+            train_encoder: false,
+            seed: 0,
+            new_head: false,
+            labels: None,
+            precision: Precision::F32,
+        }
     }
 }
 
@@ -124,6 +134,15 @@ impl RewardModel {
             }
             (None, None) => bail!("no encoder config"),
         };
+        let mut encoder = encoder;
+        if opts.precision == Precision::Bf16 {
+            if opts.train_encoder {
+                bail!("bf16 is a scoring mode: train in f32");
+            }
+            for layer in encoder.lora_linears_mut() {
+                layer.use_bf16()?;
+            }
+        }
         let new_head = head_store.initialised();
         let max_positions = max_positions.min(512);
         Ok(Self {

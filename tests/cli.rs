@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::rmroute;
+use common::{rmroute, stdout_ok};
 
 #[test]
 fn score_writes_one_line_per_record_for_pairs_and_single_responses() {
@@ -77,6 +77,31 @@ fn prepare_converts_the_shipped_sample_without_skip_invalid_and_locates_a_broken
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success());
     assert!(err.contains("test.jsonl:1: field `rejected`") && err.contains("--skip-invalid"), "{err}");
+}
+
+/// `--dtype bf16` scores the same file near transformers' f32 reward, and not with f32's exact numbers.
+#[test]
+fn score_in_bf16_stays_near_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"prompt\": \"How do I copy a file?\", \"response\": \"Use cp source destination.\"}\n")
+        .unwrap();
+    let model = common::fixture("tiny-deberta-v3-rm");
+    let out = stdout_ok(rmroute(&[
+        "score",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+        "--quiet",
+    ]));
+    let line: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let reward = line["reward"].as_f64().unwrap();
+    // transformers' f32 reward for this input (rewards_ref.json)
+    let f32_reward = -3.606372117996216;
+    assert!((reward - f32_reward).abs() < 0.1 && reward != f32_reward, "{reward}");
 }
 
 #[test]

@@ -454,3 +454,44 @@ fn adapter_files_with_tensors_or_options_rmroute_would_ignore_are_refused() {
     let err = format!("{:#}", model.load_adapter(&adapter, "z", false).unwrap_err());
     assert!(err.contains("use_rslora") && err.contains("not supported"), "{err}");
 }
+
+/// `--dtype bf16` on the tiny random models: rewards near f32's (random weights amplify rounding far
+/// more than trained ones; real weights are in `tests/real_minilm.rs`), and not f32's exactly, so the
+/// bf16 path really ran; with an adapter too.
+#[test]
+fn bf16_scoring_stays_near_f32() {
+    use rmroute::bf16::Precision;
+    let near = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 0.05 * (1.0 + x.abs()));
+    let bf16 = LoadOptions { precision: Precision::Bf16, ..Default::default() };
+    let fixture = common::fixture("tiny-deberta-v3-rm");
+    let exact = rewards(&RewardModel::load(&fixture, &LoadOptions::default()).unwrap(), &Adapters::None);
+    let rounded = rewards(&RewardModel::load(&fixture, &bf16).unwrap(), &Adapters::None);
+    // The DeBERTa fixture amplifies most (0.22 on a reward of -1.25): it keeps every preference.
+    let prefers = |r: &[f32]| r.chunks(2).map(|c| c[0] > c[1]).collect::<Vec<_>>();
+    assert_eq!(prefers(&exact), prefers(&rounded), "{exact:?} vs {rounded:?}");
+    assert!(exact.iter().zip(&rounded).all(|(x, y)| (x - y).abs() < 0.25), "{exact:?} vs {rounded:?}");
+    assert!(!close(&exact, &rounded, 0.0), "bf16 gave f32's rewards exactly: {rounded:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_bert(dir.path(), 4, false, true);
+    let mut f32_model = RewardModel::load(dir.path(), &LoadOptions::default()).unwrap();
+    let mut bf16_model = RewardModel::load(dir.path(), &bf16).unwrap();
+    for model in [&mut f32_model, &mut bf16_model] {
+        model.add_adapter("x", &lora(), 1).unwrap();
+        perturb_adapter(model, "x");
+    }
+    let adapters = Adapters::One("x".into());
+    let (exact, rounded) = (rewards(&f32_model, &adapters), rewards(&bf16_model, &adapters));
+    assert!(near(&exact, &rounded), "{exact:?} vs {rounded:?}");
+    assert!(!close(&exact, &rounded, 0.0));
+    // Merging re-rounds the merged weight: still the adapter's rewards.
+    bf16_model.merge_adapter("x").unwrap();
+    assert!(near(&exact, &rewards(&bf16_model, &Adapters::None)));
+}
+
+#[test]
+fn bf16_is_refused_for_training() {
+    let options = LoadOptions { precision: rmroute::bf16::Precision::Bf16, train_encoder: true, ..Default::default() };
+    let err = RewardModel::load(&common::fixture("tiny-deberta-v3-rm"), &options).err().expect("loaded for training");
+    assert!(err.to_string().contains("bf16 is a scoring mode"), "{err}");
+}

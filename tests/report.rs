@@ -27,6 +27,7 @@ fn results(method: &str, backbone: &str, seed: u64, hh: f64, oasst: f64, params:
         experts: None,
         parts: vec![],
         switching: None,
+        precision: Default::default(),
         memory: None,
         tasks: None,
     }

@@ -94,7 +94,14 @@ pub fn train_reward_model(
         bail!("an adapter-only reward model needs the config's `lora` section");
     }
     let backbone_dir = resolve_model_dir(&cfg.backbone)?;
-    let load = LoadOptions { device, train_encoder: cfg.lora.is_none(), seed: cfg.seed, new_head: true, labels: None };
+    let load = LoadOptions {
+        device,
+        train_encoder: cfg.lora.is_none(),
+        seed: cfg.seed,
+        new_head: true,
+        labels: None,
+        ..Default::default()
+    };
     let mut model = RewardModel::load(&backbone_dir, &load)
         .with_context(|| format!("loading the backbone {}", backbone_dir.display()))?;
     model.set_limits(cfg.max_length, cfg.truncation);

@@ -150,8 +150,14 @@ pub fn train_more(cfg: &TrainConfig, device: candle_core::Device, opts: &RunOpti
     let more = cfg.more.clone().unwrap_or_default();
     let (domains, pairs) = load_train_pairs(cfg)?;
     let backbone_dir = resolve_model_dir(&cfg.backbone)?;
-    let load =
-        LoadOptions { device: device.clone(), train_encoder: true, seed: cfg.seed, new_head: true, labels: None };
+    let load = LoadOptions {
+        device: device.clone(),
+        train_encoder: true,
+        seed: cfg.seed,
+        new_head: true,
+        labels: None,
+        ..Default::default()
+    };
     let mut encoder = RewardModel::load(&backbone_dir, &load)
         .with_context(|| format!("loading the backbone {}", backbone_dir.display()))?;
     encoder.set_limits(cfg.max_length, cfg.truncation);

@@ -67,6 +67,7 @@ pub fn train_router(
         seed: cfg.seed,
         new_head: true,
         labels: adapter.is_none().then(|| domains.to_vec()),
+        ..Default::default()
     };
     let mut model = RewardModel::load(&backbone_dir, &load)
         .with_context(|| format!("loading the backbone {} for the router", backbone_dir.display()))?;
