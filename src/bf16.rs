@@ -170,22 +170,28 @@ fn matmul_packed(x: &[f32], rows: usize, in_dim: usize, packed: &Packed, out_dim
 fn pack_rows(x: &[f32], rows: usize, in_dim: usize, pairs: usize) -> Vec<u32> {
     let mut words = vec![0u32; rows * pairs];
     for (row, out) in x.chunks_exact(in_dim).zip(words.chunks_exact_mut(pairs)) {
-        for (k, word) in out.iter_mut().enumerate() {
-            let low = to_bf16(row[2 * k]);
-            let high = row.get(2 * k + 1).map_or(0, |&v| to_bf16(v));
-            *word = low | (high << 16);
+        // Whole pairs in a loop the compiler vectorises; an odd last input pairs with zero.
+        let (whole, rest) = row.split_at(in_dim & !1);
+        for (word, pair) in out.iter_mut().zip(whole.chunks_exact(2)) {
+            *word = to_bf16(pair[0]) | (to_bf16(pair[1]) << 16);
+        }
+        if let Some(&last) = rest.first() {
+            out[pairs - 1] = to_bf16(last);
         }
     }
     words
 }
 
 /// Round to nearest bf16, ties to even (NaN stays NaN), as `half` and candle round.
+#[inline(always)]
 fn to_bf16(x: f32) -> u32 {
     let bits = x.to_bits();
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1))) >> 16;
     if x.is_nan() {
-        return (bits >> 16) | 0x40;
+        (bits >> 16) | 0x40
+    } else {
+        rounded
     }
-    (bits + 0x7fff + ((bits >> 16) & 1)) >> 16
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -37,6 +37,34 @@ fn order_by(n: usize, length: impl Fn(usize) -> usize) -> Vec<usize> {
     order
 }
 
+/// Training batches that hold similar lengths and stay seeded: the epoch's shuffled `order` is cut into
+/// windows of `window` batches; each window is sorted by length and cut into batches of `batch`; the
+/// window's batches are then shuffled by `seed`, so steps do not run from short to long. The result is
+/// a permutation of `order`.
+pub fn training_order(
+    order: &[usize],
+    length: impl Fn(usize) -> usize,
+    batch: usize,
+    window: usize,
+    seed: u64,
+) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let batch = batch.max(1);
+    let mut out = Vec::with_capacity(order.len());
+    for part in order.chunks(batch * window.max(1)) {
+        let mut sorted = part.to_vec();
+        sorted.sort_by_key(|&i| length(i)); // stable: ties keep the shuffled order
+        let mut batches: Vec<&[usize]> = sorted.chunks(batch).collect();
+        // A short batch (the epoch's end) stays last, so the loop's batches are these batches.
+        let short = batches.pop_if(|b| b.len() < batch);
+        batches.shuffle(&mut rng);
+        out.extend(batches.into_iter().chain(short).flatten());
+    }
+    out
+}
+
 /// `values[k]` belongs to input `order[k]`: the values in input order. A value missing for any input
 /// is an error, never a default in its place.
 pub fn restore<T: Clone + Default>(values: &[T], order: &[usize]) -> candle_core::Result<Vec<T>> {
@@ -80,5 +108,34 @@ mod tests {
         };
         let records = [record("pp", "c", "rrrrrr"), record("p", "cc", "r"), record("", "c", "")];
         assert_eq!(pair_order(&records), vec![2, 1, 0]);
+    }
+
+    #[test]
+    fn training_order_groups_lengths_within_windows_and_is_seeded() {
+        let lengths: Vec<usize> = (0..40).map(|i| (i * 37) % 101).collect();
+        let order: Vec<usize> = (0..40).rev().collect();
+        let bucketed = training_order(&order, |i| lengths[i], 4, 5, 7);
+        let mut sorted = bucketed.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..40).collect::<Vec<_>>(), "not a permutation");
+        // Each window (20 examples) holds the same examples as before, in batches of similar length.
+        for (window, before) in bucketed.chunks(20).zip(order.chunks(20)) {
+            let (mut a, mut b) = (window.to_vec(), before.to_vec());
+            a.sort();
+            b.sort();
+            assert_eq!(a, b);
+            let spread = |batch: &[usize]| {
+                let l: Vec<usize> = batch.iter().map(|&i| lengths[i]).collect();
+                l.iter().max().unwrap() - l.iter().min().unwrap()
+            };
+            let total: usize = window.chunks(4).map(spread).sum();
+            let unsorted: usize = before.chunks(4).map(spread).sum();
+            assert!(total < unsorted / 2, "batches spread {total} against {unsorted} unsorted");
+        }
+        assert_eq!(bucketed, training_order(&order, |i| lengths[i], 4, 5, 7), "not reproducible");
+        assert_ne!(bucketed, training_order(&order, |i| lengths[i], 4, 5, 8), "the seed changes nothing");
+        // Batches are not laid out shortest first.
+        let firsts: Vec<usize> = bucketed[..20].chunks(4).map(|b| lengths[b[0]]).collect();
+        assert!(firsts.windows(2).any(|w| w[0] > w[1]), "{firsts:?}");
     }
 }

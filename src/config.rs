@@ -180,6 +180,10 @@ pub struct TrainConfig {
     pub truncation: Truncation,
     /// Cap on training pairs per domain (taken in file order after a seeded shuffle); none = all.
     pub max_pairs: Option<usize>,
+    /// Training batches of similar lengths: each window of 50 shuffled batches is sorted by length, cut
+    /// into batches, and the batches shuffled again (seeded), so each pads little. Off by default:
+    /// it changes which pairs share a batch, so results differ from a run without it.
+    pub bucket_by_length: bool,
     /// Cap on test pairs per domain for `eval`; none = all.
     pub max_eval_pairs: Option<usize>,
     /// A metrics line every N optimizer steps.
@@ -223,6 +227,7 @@ impl Default for TrainConfig {
             max_length: 512,
             truncation: Truncation::LongestFirst,
             max_pairs: None,
+            bucket_by_length: false,
             max_eval_pairs: None,
             log_every: 10,
             checkpoint_every: 0,

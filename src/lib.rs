@@ -5,6 +5,7 @@
 
 pub mod alloc;
 pub mod aspects;
+pub mod attention_softmax;
 pub mod backbone;
 pub mod base;
 pub mod bf16;
@@ -12,10 +13,13 @@ pub mod bucket;
 pub mod compare;
 pub mod config;
 pub mod data;
+pub mod dropout;
 pub mod encoding;
 pub mod eval;
 pub mod gelu;
 pub mod heads;
+pub mod layer_norm;
+pub mod linear;
 pub mod load;
 pub mod lora;
 pub mod methods;

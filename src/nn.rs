@@ -1,12 +1,13 @@
 //! Small building blocks shared by every model: the forward context (train/eval, seeded dropout, which
 //! LoRA adapters are active), a LayerNorm with a backward pass, and gelu.
 //!
-//! NOTE: candle 0.11.1's fused `LayerNorm` and `softmax_last_dim` pass no gradient (STYLE.md §8), so
-//! everything here is composed of ops that have one.
+//! NOTE: candle 0.11.1's fused `LayerNorm` and `softmax_last_dim` pass no gradient (STYLE.md §8): the
+//! layer norm here is rmroute's own fused op with its backward (`crate::layer_norm`), as are the
+//! attention softmax (`crate::attention_softmax`) and GELU (`crate::gelu`).
 
 use std::cell::RefCell;
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -98,23 +99,24 @@ impl Ctx {
         (0..n).map(|_| crate::backbone::params::standard_normal(&mut *rng) as f32).collect()
     }
 
+    /// `n` raw 32-bit draws for a dropout mask, from the pass's seeded RNG (fused ops draw here too, so
+    /// a seeded run's masks do not depend on which ops are fused).
+    pub fn dropout_draws(&self, n: usize) -> Vec<u32> {
+        let mut draws = vec![0u32; n];
+        self.rng.borrow_mut().fill(&mut draws[..]);
+        draws
+    }
+
     /// Inverted dropout with probability `p`, active only in training.
     pub fn dropout(&self, x: &Tensor, p: f32) -> Result<Tensor> {
         if !self.train || p <= 0.0 {
             return Ok(x.clone());
         }
-        let keep = 1.0 - p;
-        // Raw 32-bit draws filled in bulk: an element is kept when its draw is below keep·2³².
-        let threshold = (f64::from(keep) * 4_294_967_296.0) as u64;
-        let mut draws = vec![0u32; x.elem_count()];
-        self.rng.borrow_mut().fill(&mut draws[..]);
-        let mask: Vec<f32> = draws.iter().map(|&d| if u64::from(d) < threshold { 1.0 / keep } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-        x * mask
+        crate::dropout::DropoutMask::from_draws(&self.dropout_draws(x.elem_count()), p).apply(x)
     }
 }
 
-/// LayerNorm over the last dimension, composed of differentiable ops.
+/// LayerNorm over the last dimension, with a gradient (`crate::layer_norm`).
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     weight: Tensor,
@@ -138,13 +140,7 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
-        let mean = x.mean_keepdim(D::Minus1)?;
-        let centered = x.broadcast_sub(&mean)?;
-        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centered.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-        normed.to_dtype(dtype)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        crate::layer_norm::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -178,10 +174,10 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
     let dims = x.dims().to_vec();
     let in_dim = dims[dims.len() - 1];
     let rows = x.elem_count() / in_dim.max(1);
-    let y = x.reshape((rows, in_dim))?.matmul(&weight.t()?)?;
+    let x = x.reshape((rows, in_dim))?;
     let y = match bias {
-        Some(bias) => y.broadcast_add(bias)?,
-        None => y,
+        Some(bias) => crate::linear::linear_2d(&x, weight, bias)?,
+        None => x.matmul(&weight.t()?)?,
     };
     let mut out_dims = dims;
     let last = out_dims.len() - 1;

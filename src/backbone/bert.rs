@@ -2,10 +2,11 @@
 //! (`bert.embeddings.*`, `bert.encoder.layer.N.attention.self.query`, …).
 //! Port of transformers' `modeling_bert.py` (eager attention, absolute positions).
 
-use candle_core::{DType, Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use crate::attention_softmax::attention_probs;
 use crate::lora::LoraLinear;
 use crate::nn::{activation, Ctx, LayerNorm};
 
@@ -147,10 +148,9 @@ impl Bert {
         let q = split(layer.query.forward(x, ctx)?)?;
         let k = split(layer.key.forward(x, ctx)?)?;
         let v = split(layer.value.forward(x, ctx)?)?;
-        let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
-        let scores = masked_fill_min(&scores, keep)?;
-        let probs =
-            ctx.dropout(&candle_nn::ops::softmax(&scores, D::Minus1)?, self.config.attention_probs_dropout_prob)?;
+        let scores = q.matmul(&k.t()?)?;
+        let scale = (head_dim as f64).sqrt();
+        let probs = attention_probs(&scores, keep, scale, self.config.attention_probs_dropout_prob, ctx)?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq, h))?;
         let attended = ctx.dropout(&layer.attention_output.forward(&context, ctx)?, self.config.hidden_dropout_prob)?;
         let attended = layer.attention_norm.forward(&(attended + x)?)?;

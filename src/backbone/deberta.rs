@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Deserializer};
 
-use super::bert::masked_fill_min;
+use crate::attention_softmax::attention_probs;
 use crate::lora::LoraLinear;
 use crate::nn::{activation, Adapters, Ctx, LayerNorm};
 
@@ -348,8 +348,8 @@ impl Deberta {
                 scores = (scores + (p2c / scale)?)?;
             }
         }
-        let scores = masked_fill_min(&scores.reshape((batch, heads, seq, seq))?, keep)?;
-        let probs = ctx.dropout(&candle_nn::ops::softmax(&scores, D::Minus1)?, cfg.attention_probs_dropout_prob)?;
+        let scores = scores.reshape((batch, heads, seq, seq))?;
+        let probs = attention_probs(&scores, keep, 1.0, cfg.attention_probs_dropout_prob, ctx)?;
         let context = probs.reshape((batch * heads, seq, seq))?.matmul(&v)?;
         let context = context.reshape((batch, heads, seq, d))?.transpose(1, 2)?.reshape((batch, seq, heads * d))?;
         let attended = ctx.dropout(&layer.attention_output.forward(&context, ctx)?, cfg.hidden_dropout_prob)?;

@@ -27,6 +27,10 @@ pub trait Objective {
     fn examples(&self) -> usize;
     /// The loss of examples `batch`, with dropout from `ctx`.
     fn micro_batch(&self, batch: &[usize], ctx: Ctx) -> Result<MicroBatch>;
+    /// An example's length in bytes of text, for batches cut by length (`bucket_by_length`).
+    fn length(&self, _example: usize) -> usize {
+        0
+    }
     /// The examples of one epoch, in order: a seeded shuffle unless the objective samples otherwise.
     fn epoch_order(&self, seed: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.examples()).collect();
@@ -60,6 +64,11 @@ impl Objective for Pairwise<'_> {
 
     fn examples(&self) -> usize {
         self.pairs.len()
+    }
+
+    fn length(&self, example: usize) -> usize {
+        let p = &self.pairs[example];
+        p.prompt.len() + p.chosen.len().max(p.rejected.len())
     }
 
     fn micro_batch(&self, batch: &[usize], ctx: Ctx) -> Result<MicroBatch> {

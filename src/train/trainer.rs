@@ -15,6 +15,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+use crate::bucket::training_order;
 use crate::config::TrainConfig;
 use crate::data::io::{write_atomic, StagedDir};
 use crate::data::split::mix;
@@ -23,6 +24,10 @@ use crate::model::{save_safetensors, RewardModel};
 use crate::nn::Ctx;
 use crate::train::objective::{Objective, Pairwise};
 use crate::train::optim::{linear_schedule, AdamW, AdamWConfig};
+
+/// Batches per window that `bucket_by_length` sorts: wide enough to find similar lengths, narrow
+/// enough that an epoch still mixes the data.
+const BUCKET_WINDOW: usize = 50;
 
 /// How a run is driven, besides its config.
 #[derive(Debug, Clone, Default)]
@@ -184,7 +189,11 @@ pub fn train_objective(
         if state.step >= first_step + steps_per_epoch {
             continue;
         }
-        let order = objective.epoch_order(mix(cfg.seed, epoch as u64));
+        let mut order = objective.epoch_order(mix(cfg.seed, epoch as u64));
+        if cfg.bucket_by_length {
+            let seed = mix(cfg.seed, 0x6275_636b ^ epoch as u64);
+            order = training_order(&order, |i| objective.length(i), cfg.batch_size, BUCKET_WINDOW, seed);
+        }
         let bar = if opts.quiet { ProgressBar::hidden() } else { ProgressBar::new(steps_per_epoch as u64) };
         bar.set_style(ProgressStyle::with_template(
             "epoch {prefix} {bar:25} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",

@@ -1,0 +1,162 @@
+//! `x·Wᵀ + b` as one fused CPU op with its own backward pass.
+//!
+//! As two candle ops (a matmul, then a broadcast add) the layer keeps its bias-less product alive for
+//! the backward pass beside its output, one more activation-sized tensor per layer, and makes one more
+//! pass over memory. Here gemm writes the product onto rows that already hold the bias, and the graph
+//! keeps only the input and the output. The backward is two matmuls and a row sum:
+//! `dx = dy·W`, `dW = dyᵀ·x`, `db = Σ dy`. Other devices and dtypes use candle's ops.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+
+/// `x (rows, in) · weight (out, in)ᵀ + bias (out)` for a 2-D `x`.
+pub fn linear_2d(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let fused = x.device().is_cpu() && [x, weight, bias].iter().all(|t| t.dtype() == DType::F32);
+    if !fused {
+        return x.matmul(&weight.t()?)?.broadcast_add(bias);
+    }
+    let (_, in_dim) = x.dims2()?;
+    let (out_dim, w_in) = weight.dims2()?;
+    if w_in != in_dim || bias.dims() != [out_dim] {
+        candle_core::bail!("linear: input {:?}, weight {:?}, bias {:?}", x.dims(), weight.dims(), bias.dims());
+    }
+    x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, Linear)
+}
+
+fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: the input must be contiguous"),
+    }
+}
+
+struct Linear;
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "rmroute-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous(s1, l1, self.name())?;
+        let weight = contiguous(s2, l2, self.name())?;
+        let bias = contiguous(s3, l3, self.name())?;
+        let (rows, k) = l1.shape().dims2()?;
+        let n = bias.len();
+        if x.len() != rows * k || weight.len() != n * k {
+            candle_core::bail!("{}: sizes do not match", self.name());
+        }
+        let mut out = Vec::with_capacity(rows * n);
+        for _ in 0..rows {
+            out.extend_from_slice(bias);
+        }
+        let threads = rayon::current_num_threads();
+        let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        if rows > 0 && n > 0 {
+            // SAFETY: `out` is rows × n, `x` rows × k and `weight` n × k, all row-major and contiguous;
+            // the strides below describe exactly those (Wᵀ read from W's rows).
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    true, // onto the bias already in `out`
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    weight.as_ptr(),
+                    k as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    parallelism,
+                );
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((rows, n))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // Only what the graph tracks: a frozen weight (LoRA's base) costs no matmul and gets no gradient.
+        let grad = grad.contiguous()?;
+        let dx = x.track_op().then(|| grad.matmul(&weight.detach())).transpose()?;
+        let dw = weight.track_op().then(|| grad.t()?.matmul(&x.detach())).transpose()?;
+        let db = bias.track_op().then(|| grad.sum(0)).transpose()?;
+        Ok((dx, dw, db))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(seed);
+        let v: Vec<f32> = (0..shape.iter().product()).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    /// Output and every gradient against candle's matmul and broadcast add, on shapes large enough for
+    /// gemm's threads and odd enough for its edges; and the gradient against central differences.
+    #[test]
+    fn matches_matmul_plus_bias_forward_and_backward() {
+        for (rows, k, n) in [(1, 3, 2), (37, 19, 23), (130, 64, 96)] {
+            let x = Var::from_tensor(&random(&[rows, k], 1)).unwrap();
+            let w = Var::from_tensor(&random(&[n, k], 2)).unwrap();
+            let b = Var::from_tensor(&random(&[n], 3)).unwrap();
+            let mix = random(&[rows, n], 4);
+            let fused = linear_2d(&x, &w, &b).unwrap();
+            let plain = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+            assert!(max_diff(&fused, &plain) < 1e-5, "{rows}x{k}x{n}");
+            let loss = |y: &Tensor| (y.sqr().unwrap() * &mix).unwrap().sum_all().unwrap();
+            let (ours, theirs) = (loss(&fused).backward().unwrap(), loss(&plain).backward().unwrap());
+            for var in [&x, &w, &b] {
+                let (a, t) = (ours.get(var.as_tensor()).unwrap(), theirs.get(var.as_tensor()).unwrap());
+                let scale = t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+                assert!(max_diff(a, t) < 1e-5 * scale.max(1.0), "{rows}x{k}x{n}: {:?}", var.dims());
+            }
+        }
+        // Finite differences on the small case, for the weight.
+        let (x, w, b) = (random(&[4, 3], 5), Var::from_tensor(&random(&[2, 3], 6)).unwrap(), random(&[2], 7));
+        let loss = |w: &Tensor| linear_2d(&x, w, &b).unwrap().sqr().unwrap().sum_all().unwrap();
+        let grad = loss(w.as_tensor()).backward().unwrap().get(w.as_tensor()).unwrap().flatten_all().unwrap();
+        let grad = grad.to_vec1::<f32>().unwrap();
+        let values = w.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for i in 0..values.len() {
+            let at = |d: f32| {
+                let mut v = values.clone();
+                v[i] += d;
+                loss(&Tensor::from_vec(v, (2, 3), &Device::Cpu).unwrap()).to_scalar::<f32>().unwrap()
+            };
+            let numeric = (at(1e-2) - at(-1e-2)) / 2e-2;
+            assert!((grad[i] - numeric).abs() < 1e-2, "element {i}: {} vs {numeric}", grad[i]);
+        }
+    }
+}
