@@ -52,7 +52,7 @@ timed() {
   shift
   local start end
   start=$(date +%s.%N)
-  "$@" >"$out"
+  "$@" >"$out" || { echo "failed: $*" >&2; return 1; } # set -e does not reach into $(...)
   end=$(date +%s.%N)
   python3 -c "print($end - $start)"
 }
@@ -77,10 +77,14 @@ print("|---|---|---:|---:|---:|" + "---:|" * len(ours["domains"]))
 accuracy = lambda r: " | ".join(f"{r['domains'][d]['accuracy']:.4f}" for d in ours["domains"])
 print(f"| rmroute eval | cut by length, padded to the longest | {ours_s:.1f} | {ours['pairs_per_second']:.1f} | 1.00x | "
       f"{accuracy(ours)} |")
+disagree = []
 for padding, label in [("longest", "file order, padded to the longest"), ("max_length", "file order, padded to max_length")]:
     theirs = json.load(open(f"{work}/torch-{padding}.json"))
+    disagree += [d for d in ours["domains"] if abs(ours["domains"][d]["accuracy"] - theirs["domains"][d]["accuracy"]) > 1e-9]
     process = float(open(f"{work}/torch-{padding}.s").read())
     print(f"| PyTorch + transformers | {label} | {process:.1f} | {pairs / theirs['scoring_s']:.1f} | "
           f"{process / ours_s:.2f}x | {accuracy(theirs)} |")
+if disagree:
+    sys.exit(f"the engines' accuracies differ on {sorted(set(disagree))}: the models or inputs are not the same")
 PY
 [ "${KEEP_WORK:-0}" != 1 ] || echo "figures kept in $work" >&2

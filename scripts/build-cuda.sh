@@ -8,8 +8,9 @@
 #   CUDA_COMPUTE_CAP=90 scripts/build-cuda.sh  # H100/H200 (Hopper)
 #
 # The toolkit is CUDA 11.8 from Debian's non-free archive (nvidia-cuda-toolkit, nvidia-cuda-dev and the
-# libraries they name), unpacked into $CUDA_PREFIX (default ~/.cache/rmroute/cuda-11.8) with each
-# package's SHA-256 checked against Debian's index; nothing is installed system-wide but the host
+# libraries they name), unpacked into $CUDA_PREFIX (default ~/.cache/rmroute/cuda-11.8): each package's
+# SHA-256 is checked against Debian's index, and the index's against Debian's release file, whose
+# signature gpgv checks with Debian's archive keyring. Nothing is installed system-wide but the host
 # compiler g++-11 (Debian main; CUDA 11.8's nvcc refuses GCC 12), through apt-get. Why not PyPI: its
 # CUDA 12 wheels (nvidia-cuda-nvcc-cu12, checked 12.1.105 to 12.9.86) ship ptxas and libnvvm but no
 # nvcc, and the CUDA 13 wheels that do ship nvcc no longer compile for compute capability 7.0. CUDA 11.8
@@ -36,6 +37,10 @@ esac
 prefix=${CUDA_PREFIX:-$HOME/.cache/rmroute/cuda-11.8}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
+for tool in cargo python3; do
+  command -v "$tool" >/dev/null || { echo "no $tool: install Rust (rustup) and Python 3 first" >&2; exit 2; }
+done
+
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
@@ -46,15 +51,36 @@ if [ "${SKIP_FETCH:-0}" != 1 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends g++-11 >/dev/null
   fi
+  if [ -e "$prefix" ] && [ ! -e "$prefix/.rmroute-cuda" ] && [ -n "$(ls -A "$prefix")" ]; then
+    echo "$prefix holds something this script did not write: choose another CUDA_PREFIX" >&2
+    exit 2
+  fi
   if [ ! -e "$prefix/.complete" ]; then
     echo "== fetching CUDA 11.8 from Debian's non-free archive into $prefix (about 1.2 GB to download)" >&2
     rm -rf "$prefix"
     mkdir -p "$prefix/debs"
+    touch "$prefix/.rmroute-cuda"
     python3 - "$mirror" "$prefix/debs" <<'PY'
-"""Downloads the named Debian packages from bookworm's index, checking each one's SHA-256."""
-import hashlib, lzma, sys, urllib.request
+"""Downloads the named Debian packages from bookworm's index, checking each one's SHA-256 against the
+index, and the index's against the release file, whose signature gpgv checks with Debian's keyring."""
+import hashlib, lzma, subprocess, sys, urllib.request
 
 mirror, out = sys.argv[1], sys.argv[2]
+release = urllib.request.urlopen(f"{mirror}/dists/bookworm/InRelease").read()
+with open(f"{out}/InRelease", "wb") as f:
+    f.write(release)
+check = subprocess.run(["gpgv", "--keyring", "/usr/share/keyrings/debian-archive-keyring.gpg", f"{out}/InRelease"],
+                       capture_output=True, text=True)
+if check.returncode != 0:
+    sys.exit(f"Debian's release file does not carry a good signature:\n{check.stderr}")
+index_sha = {}
+section = None
+for line in release.decode().splitlines():
+    if not line.startswith(" "):
+        section = line.rstrip(":")
+    elif section == "SHA256":
+        digest, _size, name = line.split()
+        index_sha[name] = digest
 wanted = {
     "non-free": ["nvidia-cuda-toolkit", "nvidia-cuda-dev", "libcudart11.0", "libcublas11",
                  "libcublaslt11", "libcurand10", "libnvrtc11.2", "libnvrtc-builtins11.8", "libnvvm4"],
@@ -62,7 +88,10 @@ wanted = {
 }
 for component, names in wanted.items():
     index = f"{mirror}/dists/bookworm/{component}/binary-amd64/Packages.xz"
-    text = lzma.decompress(urllib.request.urlopen(index).read()).decode()
+    raw = urllib.request.urlopen(index).read()
+    if hashlib.sha256(raw).hexdigest() != index_sha.get(f"{component}/binary-amd64/Packages.xz"):
+        sys.exit(f"{index}: SHA-256 does not match Debian's signed release file")
+    text = lzma.decompress(raw).decode()
     packages = {}
     for block in text.split("\n\n"):
         fields = dict(l.split(": ", 1) for l in block.splitlines() if ": " in l and not l.startswith(" "))

@@ -30,6 +30,8 @@ def main():
     meta = json.load(open(os.path.join(args.run, "rmroute.json")))
     config = meta["config"]
     max_length, truncation = config["max_length"], config.get("truncation", "longest_first")
+    if truncation != "longest_first":
+        sys.exit(f"truncation {truncation!r} has no transformers equivalent: compare a longest_first run")
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(args.run, "tokenizer.json"))
     pad = json.load(open(os.path.join(args.run, "config.json"))).get("pad_token_id", 0)
     tokenizer.pad_token_id = pad if pad is not None else 0

@@ -31,6 +31,9 @@ pub fn attention_probs(scores: &Tensor, keep: &Tensor, scale: f64, dropout: f32,
     if kb != batch || one != 1 || !(kq == 1 || kq == queries) || kk != keys {
         candle_core::bail!("attention mask {:?} for scores {:?}", keep.dims(), scores.dims());
     }
+    if keys == 0 || batch * heads * queries == 0 {
+        return scores.zeros_like();
+    }
     let keep = keep.to_dtype(DType::U8)?.contiguous()?;
     let rows = batch * heads * queries;
     let mask = (ctx.train && dropout > 0.0).then(|| DropoutMask::from_draws(&ctx.dropout_draws(rows * keys), dropout));

@@ -41,8 +41,10 @@ const TILE_PANELS: usize = 4;
 pub struct Bf16Linear {
     in_dim: usize,
     out_dim: usize,
-    /// The weight rounded to bf16 and widened back, `(out, in)`: the portable path.
-    rounded: Tensor,
+    /// The weight as given, `(out, in)` (shared with the layer, not a copy).
+    weight: Tensor,
+    /// The weight rounded to bf16 and widened back: the portable path, kept only without the kernel.
+    rounded: Option<Tensor>,
     bias: Option<Tensor>,
     /// For the AVX-512 BF16 kernel, when this CPU has it.
     packed: Option<Packed>,
@@ -62,17 +64,21 @@ struct Packed {
 impl Bf16Linear {
     pub fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
         let (out_dim, in_dim) = weight.dims2()?;
-        let rounded = round_to_bf16(weight)?;
-        let packed = if weight.device().is_cpu() && kernel_available() {
-            Some(pack(&rounded.to_vec2::<f32>()?, bias.map(|b| b.to_vec1::<f32>()).transpose()?, in_dim)?)
+        let (rounded, packed) = if weight.device().is_cpu() && kernel_available() {
+            let rows = round_to_bf16(weight)?.to_vec2::<f32>()?;
+            (None, Some(pack(&rows, bias.map(|b| b.to_vec1::<f32>()).transpose()?, in_dim)?))
         } else {
-            None
+            (Some(round_to_bf16(weight)?), None)
         };
-        Ok(Self { in_dim, out_dim, rounded, bias: bias.cloned(), packed })
+        Ok(Self { in_dim, out_dim, weight: weight.clone(), rounded, bias: bias.cloned(), packed })
     }
 
     /// `round(x)·round(W)ᵀ + b` for `x` of any rank with `in` as its last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // The kernel's output has no gradient: an input that needs one is training, which runs in f32.
+        if x.track_op() {
+            candle_core::bail!("bf16 is a scoring mode: train in f32");
+        }
         match &self.packed {
             Some(packed) if x.dtype() == DType::F32 && x.device().is_cpu() => self.forward_packed(x, packed),
             _ => self.forward_portable(x),
@@ -82,7 +88,11 @@ impl Bf16Linear {
     /// The same numbers from candle's matmul (up to the order of the sums): the path without the
     /// kernel, and the kernel's oracle in tests.
     pub fn forward_portable(&self, x: &Tensor) -> Result<Tensor> {
-        linear(&round_to_bf16(x)?, &self.rounded, self.bias.as_ref())
+        let rounded = match &self.rounded {
+            Some(rounded) => rounded.clone(),
+            None => round_to_bf16(&self.weight)?,
+        };
+        linear(&round_to_bf16(x)?, &rounded, self.bias.as_ref())
     }
 
     fn forward_packed(&self, x: &Tensor, packed: &Packed) -> Result<Tensor> {

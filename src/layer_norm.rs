@@ -20,6 +20,9 @@ pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Resul
     if weight.dims() != [n] || bias.dims() != [n] {
         candle_core::bail!("layer norm over {n} features with weight {:?} and bias {:?}", weight.dims(), bias.dims());
     }
+    if n == 0 {
+        candle_core::bail!("layer norm over zero features");
+    }
     x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LayerNorm { eps: eps as f32 })
 }
 

@@ -212,6 +212,10 @@ impl LoraLinear {
         Ok(())
     }
 
+    pub fn is_bf16(&self) -> bool {
+        self.bf16.is_some()
+    }
+
     /// `x·Wᵀ + b`, in bf16 when [`Self::use_bf16`] was called.
     fn base(&self, x: &Tensor) -> Result<Tensor> {
         match &self.bf16 {

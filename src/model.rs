@@ -340,6 +340,14 @@ impl RewardModel {
         Ok(crate::bucket::restore(&sorted, &order)?)
     }
 
+    /// New or trainable adapters are training, which runs in f32 (bf16's layers pass no gradient).
+    fn refuse_training_in_bf16(&self) -> Result<()> {
+        if self.encoder.lora_linears().iter().any(|l| l.is_bf16()) {
+            bail!("bf16 is a scoring mode: train adapters on a model loaded in f32");
+        }
+        Ok(())
+    }
+
     pub fn adapter_names(&self) -> Vec<String> {
         self.adapters.keys().cloned().collect()
     }
@@ -352,6 +360,7 @@ impl RewardModel {
     /// Adds a new adapter whose head has `outputs` outputs (a router adapter: one per domain). The
     /// head's pooler starts as the model's; a classifier of another size starts from `seed`.
     pub fn add_classifier_adapter(&mut self, name: &str, config: &LoraConfig, seed: u64, outputs: usize) -> Result<()> {
+        self.refuse_training_in_bf16()?;
         let mut head_tensors = HashMap::new();
         for (key, t) in self.head_tensors() {
             if key.starts_with("classifier.") && self.head.outputs() != outputs {
@@ -366,6 +375,9 @@ impl RewardModel {
     /// Loads an adapter saved in PEFT's layout (`adapter_config.json`, `adapter_model.safetensors`).
     /// `trainable` makes its tensors variables (to continue training it).
     pub fn load_adapter(&mut self, dir: &Path, name: &str, trainable: bool) -> Result<()> {
+        if trainable {
+            self.refuse_training_in_bf16()?;
+        }
         let config_path = dir.join("adapter_config.json");
         let config = read_peft_config(&config_path)?;
         let weights = dir.join("adapter_model.safetensors");

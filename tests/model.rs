@@ -475,11 +475,16 @@ fn bf16_scoring_stays_near_f32() {
     let dir = tempfile::tempdir().unwrap();
     common::write_tiny_bert(dir.path(), 4, false, true);
     let mut f32_model = RewardModel::load(dir.path(), &LoadOptions::default()).unwrap();
+    f32_model.add_adapter("x", &lora(), 1).unwrap();
+    perturb_adapter(&f32_model, "x");
+    let saved = tempfile::tempdir().unwrap();
+    f32_model.save_adapter("x", saved.path(), "tiny").unwrap();
     let mut bf16_model = RewardModel::load(dir.path(), &bf16).unwrap();
-    for model in [&mut f32_model, &mut bf16_model] {
-        model.add_adapter("x", &lora(), 1).unwrap();
-        perturb_adapter(model, "x");
-    }
+    // Training in bf16 is refused; a saved adapter scores.
+    let err = bf16_model.add_adapter("y", &lora(), 1).unwrap_err();
+    assert!(err.to_string().contains("bf16 is a scoring mode"), "{err}");
+    assert!(bf16_model.load_adapter(saved.path(), "x", true).is_err());
+    bf16_model.load_adapter(saved.path(), "x", false).unwrap();
     let adapters = Adapters::One("x".into());
     let (exact, rounded) = (rewards(&f32_model, &adapters), rewards(&bf16_model, &adapters));
     assert!(near(&exact, &rounded), "{exact:?} vs {rounded:?}");

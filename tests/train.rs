@@ -104,6 +104,11 @@ fn length_bucketed_training_learns_the_marker_task_and_is_reproducible() {
     let b = train_baseline(&cfg, candle_core::Device::Cpu, &quiet()).unwrap();
     let weights = |run: &Path| std::fs::read(run.join("model.safetensors")).unwrap();
     assert!(weights(&a) == weights(&b), "the same seed gave other weights");
+    // The flag changes which pairs share a batch, so it changes the weights.
+    cfg.bucket_by_length = false;
+    cfg.out = out.path().join("plain");
+    let plain = train_baseline(&cfg, candle_core::Device::Cpu, &quiet()).unwrap();
+    assert!(weights(&a) != weights(&plain), "bucket_by_length changed nothing");
 }
 
 #[test]
@@ -284,6 +289,16 @@ fn eval_samples_test_pairs_with_the_seed_and_refuses_an_empty_split() {
 
 #[test]
 fn a_killed_run_resumed_equals_the_uninterrupted_run() {
+    killed_and_resumed(false);
+}
+
+/// With batches cut by length, the order is rebuilt from the seed on resume: the same weights too.
+#[test]
+fn a_killed_length_bucketed_run_resumed_equals_the_uninterrupted_run() {
+    killed_and_resumed(true);
+}
+
+fn killed_and_resumed(bucket_by_length: bool) {
     let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     common::write_tiny_bert(base.path(), 2, true, false);
     write_marker_task(data.path(), 48, 10);
@@ -291,6 +306,7 @@ fn a_killed_run_resumed_equals_the_uninterrupted_run() {
     cfg.epochs = 2;
     cfg.batch_size = 8;
     cfg.grad_accum = 2;
+    cfg.bucket_by_length = bucket_by_length;
     let whole = train_baseline(&cfg, candle_core::Device::Cpu, &quiet()).unwrap();
 
     cfg.out = out.path().join("killed");

@@ -129,6 +129,11 @@ impl Objective for MorePairwise<'_> {
         self.pairs.len()
     }
 
+    fn length(&self, example: usize) -> usize {
+        let p = &self.pairs[example];
+        p.prompt.len() + p.chosen.len().max(p.rejected.len())
+    }
+
     fn micro_batch(&self, batch: &[usize], ctx: Ctx) -> Result<MicroBatch> {
         let chunk: Vec<&PairRecord> = batch.iter().map(|&j| &self.pairs[j]).collect();
         let inputs = chosen_then_rejected(&chunk);

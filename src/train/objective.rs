@@ -27,7 +27,8 @@ pub trait Objective {
     fn examples(&self) -> usize;
     /// The loss of examples `batch`, with dropout from `ctx`.
     fn micro_batch(&self, batch: &[usize], ctx: Ctx) -> Result<MicroBatch>;
-    /// An example's length in bytes of text, for batches cut by length (`bucket_by_length`).
+    /// An example's length in bytes of text, for batches cut by length (`bucket_by_length`); all
+    /// equal (no reordering by length) for examples of fixed size, such as cached features.
     fn length(&self, _example: usize) -> usize {
         0
     }
@@ -149,6 +150,10 @@ impl Objective for DomainClassification<'_> {
 
     fn examples(&self) -> usize {
         self.prompts.len()
+    }
+
+    fn length(&self, example: usize) -> usize {
+        self.prompts[example].len()
     }
 
     fn micro_batch(&self, batch: &[usize], ctx: Ctx) -> Result<MicroBatch> {
