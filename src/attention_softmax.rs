@@ -13,6 +13,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use crate::cpu_op::{contiguous, rows_per_task};
 use crate::dropout::DropoutMask;
 use crate::nn::Ctx;
 
@@ -75,19 +76,6 @@ impl AttentionSoftmax {
         for o in out.iter_mut() {
             *o /= sum;
         }
-    }
-}
-
-/// Rows per parallel task: about 32k elements, at least one row.
-fn rows_per_task(keys: usize) -> usize {
-    ((1 << 15) / keys.max(1)).max(1)
-}
-
-fn contiguous<'a, T: candle_core::WithDType>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [T]> {
-    let data = storage.as_slice::<T>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: the input must be contiguous"),
     }
 }
 

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::cpu_op::contiguous;
+
 /// Which elements are kept (as bits), and what a kept element is multiplied by: `1 / (1 − p)`.
 #[derive(Debug, Clone)]
 pub struct DropoutMask {
@@ -69,21 +71,13 @@ impl Dropout {
     }
 }
 
-fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let data = storage.as_slice::<f32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: the input must be contiguous"),
-    }
-}
-
 impl CustomOp1 for Dropout {
     fn name(&self) -> &'static str {
         "rmroute-dropout"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(storage, layout, self.name())?;
+        let x = contiguous::<f32>(storage, layout, self.name())?;
         Ok((CpuStorage::F32(self.multiply(x)), layout.shape().clone()))
     }
 
@@ -101,7 +95,7 @@ impl CustomOp1 for DropoutGrad {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let grad = contiguous(storage, layout, self.name())?;
+        let grad = contiguous::<f32>(storage, layout, self.name())?;
         Ok((CpuStorage::F32(Dropout(self.0.clone()).multiply(grad)), layout.shape().clone()))
     }
 }

@@ -10,6 +10,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::cpu_op::contiguous;
+
 /// Elements per parallel task: below this, threads cost more than they save.
 const CHUNK: usize = 1 << 15;
 
@@ -46,15 +48,6 @@ fn gelu_slope(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
 }
 
-/// The contiguous f32 elements a layout covers.
-fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let data = storage.as_slice::<f32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: the input must be contiguous"),
-    }
-}
-
 struct GeluErf;
 
 impl CustomOp1 for GeluErf {
@@ -63,7 +56,7 @@ impl CustomOp1 for GeluErf {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(storage, layout, self.name())?;
+        let x = contiguous::<f32>(storage, layout, self.name())?;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, x)| {
             for (o, &v) in out.iter_mut().zip(x) {
@@ -87,8 +80,8 @@ impl CustomOp2 for GeluErfGrad {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, self.name())?;
-        let grad = contiguous(s2, l2, self.name())?;
+        let x = contiguous::<f32>(s1, l1, self.name())?;
+        let grad = contiguous::<f32>(s2, l2, self.name())?;
         if x.len() != grad.len() {
             candle_core::bail!("{}: {} inputs and {} gradients", self.name(), x.len(), grad.len());
         }

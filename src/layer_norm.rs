@@ -10,6 +10,8 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use crate::cpu_op::{contiguous, rows_per_task};
+
 /// `(x − mean) / √(var + eps) · weight + bias` over the last dimension.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let fused = x.device().is_cpu() && [x, weight, bias].iter().all(|t| t.dtype() == DType::F32);
@@ -35,19 +37,6 @@ pub fn composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
     let normed = centered.broadcast_div(&(var + eps)?.sqrt()?)?;
     normed.to_dtype(dtype)?.broadcast_mul(weight)?.broadcast_add(bias)
-}
-
-/// Rows per parallel task: about 32k elements, at least one row.
-fn rows_per_task(n: usize) -> usize {
-    ((1 << 15) / n.max(1)).max(1)
-}
-
-fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let data = storage.as_slice::<f32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: the input must be contiguous"),
-    }
 }
 
 /// A row's mean and `√(var + eps)`.
@@ -76,9 +65,9 @@ impl CustomOp3 for LayerNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, self.name())?;
-        let weight = contiguous(s2, l2, self.name())?;
-        let bias = contiguous(s3, l3, self.name())?;
+        let x = contiguous::<f32>(s1, l1, self.name())?;
+        let weight = contiguous::<f32>(s2, l2, self.name())?;
+        let bias = contiguous::<f32>(s3, l3, self.name())?;
         let n = weight.len();
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(rows_per_task(n) * n).zip(x.par_chunks(rows_per_task(n) * n)).for_each(|(out, x)| {
@@ -134,9 +123,9 @@ impl CustomOp3 for LayerNormGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, self.name())?;
-        let weight = contiguous(s2, l2, self.name())?;
-        let grad = contiguous(s3, l3, self.name())?;
+        let x = contiguous::<f32>(s1, l1, self.name())?;
+        let weight = contiguous::<f32>(s2, l2, self.name())?;
+        let grad = contiguous::<f32>(s3, l3, self.name())?;
         let n = weight.len();
         if grad.len() != x.len() || x.len() % n.max(1) != 0 {
             candle_core::bail!("{}: {} gradients for {} inputs of width {n}", self.name(), grad.len(), x.len());

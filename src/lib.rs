@@ -12,6 +12,7 @@ pub mod bf16;
 pub mod bucket;
 pub mod compare;
 pub mod config;
+pub mod cpu_op;
 pub mod data;
 pub mod dropout;
 pub mod encoding;

@@ -8,6 +8,8 @@
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
+use crate::cpu_op::contiguous;
+
 /// `x (rows, in) · weight (out, in)ᵀ + bias (out)` for a 2-D `x`.
 pub fn linear_2d(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     let fused = x.device().is_cpu() && [x, weight, bias].iter().all(|t| t.dtype() == DType::F32);
@@ -20,14 +22,6 @@ pub fn linear_2d(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
         candle_core::bail!("linear: input {:?}, weight {:?}, bias {:?}", x.dims(), weight.dims(), bias.dims());
     }
     x.contiguous()?.apply_op3(&weight.contiguous()?, &bias.contiguous()?, Linear)
-}
-
-fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let data = storage.as_slice::<f32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: the input must be contiguous"),
-    }
 }
 
 struct Linear;
@@ -46,9 +40,9 @@ impl CustomOp3 for Linear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, self.name())?;
-        let weight = contiguous(s2, l2, self.name())?;
-        let bias = contiguous(s3, l3, self.name())?;
+        let x = contiguous::<f32>(s1, l1, self.name())?;
+        let weight = contiguous::<f32>(s2, l2, self.name())?;
+        let bias = contiguous::<f32>(s3, l3, self.name())?;
         let (rows, k) = l1.shape().dims2()?;
         let n = bias.len();
         if x.len() != rows * k || weight.len() != n * k {
