@@ -21,17 +21,29 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// Reads `results.json` of each run directory (or a `results.json` path given directly).
+/// Reads `results.json` of each run directory (or a `results.json` path given directly). Results
+/// scored in different number formats (`eval --dtype`) are refused: one table, one format.
 pub fn read_results(paths: &[PathBuf]) -> Result<Vec<Results>> {
-    paths
-        .iter()
-        .map(|p| {
-            let file = if p.is_dir() { p.join("results.json") } else { p.clone() };
-            let bytes = std::fs::read(&file)
-                .with_context(|| format!("reading {} (run `rmroute eval` first)", file.display()))?;
-            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", file.display()))
-        })
-        .collect()
+    let mut runs = Vec::new();
+    for p in paths {
+        let file = if p.is_dir() { p.join("results.json") } else { p.clone() };
+        let bytes =
+            std::fs::read(&file).with_context(|| format!("reading {} (run `rmroute eval` first)", file.display()))?;
+        let results: Results = serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", file.display()))?;
+        if let Some((first, first_file)) = runs.first().map(|r: &(Results, PathBuf)| (r.0.precision, &r.1)) {
+            if results.precision != first {
+                anyhow::bail!(
+                    "{} was scored in {} and {} in {}: evaluate every run with the same `--dtype`",
+                    first_file.display(),
+                    first.name(),
+                    file.display(),
+                    results.precision.name()
+                );
+            }
+        }
+        runs.push((results, file));
+    }
+    Ok(runs.into_iter().map(|(r, _)| r).collect())
 }
 
 /// The domains of `runs` as table columns: the paper's five first, in its order, then any other by name.

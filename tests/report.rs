@@ -33,6 +33,23 @@ fn results(method: &str, backbone: &str, seed: u64, hh: f64, oasst: f64, params:
     }
 }
 
+/// A table never mixes f32 and bf16 results.
+#[test]
+fn results_scored_in_different_formats_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bf16 = results("baseline", "minilm", 2, 0.6, 0.7, 1);
+    bf16.precision = rmroute::bf16::Precision::Bf16;
+    let mut paths = vec![];
+    for (i, r) in [results("baseline", "minilm", 1, 0.6, 0.7, 1), bf16].iter().enumerate() {
+        let path = dir.path().join(format!("results{i}.json"));
+        std::fs::write(&path, serde_json::to_vec(r).unwrap()).unwrap();
+        paths.push(path);
+    }
+    let err = read_results(&paths).unwrap_err().to_string();
+    assert!(err.contains("f32") && err.contains("bf16") && err.contains("--dtype"), "{err}");
+    assert_eq!(read_results(&paths[..1]).unwrap().len(), 1);
+}
+
 #[test]
 fn mean_and_sample_std() {
     let (m, s) = mean_std(&[0.60, 0.62, 0.64]);
