@@ -28,6 +28,7 @@ pub mod model;
 pub mod moe;
 pub mod nn;
 pub mod plot;
+pub mod relative_scores;
 pub mod report;
 pub mod run;
 pub mod serve;

@@ -3,13 +3,14 @@
 //! Port of transformers' `modeling_deberta_v2.py`: disentangled attention (c2p, p2c), log-bucketed
 //! relative positions, `share_att_key`, `norm_rel_ebd`, `position_biased_input` and `embed_proj`.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Deserializer};
 
 use crate::attention_softmax::attention_probs;
 use crate::lora::LoraLinear;
 use crate::nn::{activation, Adapters, Ctx, LayerNorm};
+use crate::relative_scores::{add_relative_scores, RelativeIndex, Side};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct DebertaConfig {
@@ -291,7 +292,7 @@ impl Deberta {
         layer: &DebertaLayer,
         x: &Tensor,
         keep: &Tensor,
-        rel: Option<&(Tensor, Tensor, Tensor)>,
+        rel: Option<&(Tensor, RelativeIndex, RelativeIndex)>,
         ctx: &Ctx,
     ) -> Result<Tensor> {
         let cfg = &self.config;
@@ -310,42 +311,36 @@ impl Deberta {
         let mut scores = q.matmul(&(k.t()? / scale)?)?;
         if let Some((table, c2p_index, p2c_index)) = rel {
             let table = ctx.dropout(table, cfg.hidden_dropout_prob)?.unsqueeze(0)?;
-            // The position projection for every row, `(batch·heads, 2·span, d)`: computed once for the
-            // whole batch, or with per-row adapters once per run of rows sharing an adapter.
+            // The position projection per head, `(heads, 2·span, d)`, shared by the batch; with per-row
+            // adapters one per row, `(batch·heads, 2·span, d)`, computed once per run of rows sharing an
+            // adapter.
             let project = |proj: &LoraLinear| -> Result<Tensor> {
-                let spread = |t: Tensor, rows: usize| -> Result<Tensor> {
-                    let (_, n, d) = t.dims3()?;
-                    t.unsqueeze(0)?.broadcast_as((rows, heads, n, d))?.reshape((rows * heads, n, d))
-                };
                 let Adapters::PerRow(names) = &ctx.adapters else {
-                    return spread(split(proj.forward(&table, ctx)?)?, batch);
+                    return split(proj.forward(&table, ctx)?);
                 };
                 let mut runs = Vec::new();
                 let mut start = 0;
                 while start < names.len() {
                     let len = names[start..].iter().take_while(|n| *n == &names[start]).count();
                     let one = ctx.fork(names[start].clone().map(Adapters::One).unwrap_or_default());
-                    runs.push(spread(split(proj.forward(&table, &one)?)?, len)?);
+                    let pos = split(proj.forward(&table, &one)?)?;
                     ctx.set_rng_state(one.rng_state());
+                    if len == names.len() {
+                        return Ok(pos); // one adapter for the whole batch
+                    }
+                    let (_, n, d) = pos.dims3()?;
+                    runs.push(pos.unsqueeze(0)?.broadcast_as((len, heads, n, d))?.reshape((len * heads, n, d))?);
                     start += len;
                 }
                 Tensor::cat(&runs, 0)
             };
-            let bh = batch * heads;
             if cfg.c2p() {
-                let proj = layer.pos_key.as_ref().unwrap_or(&layer.key);
-                let pos_key = project(proj)?;
-                let c2p = q.matmul(&pos_key.t()?)?; // (bh, seq, 2·span)
-                let index = c2p_index.broadcast_as((bh, seq, seq))?.contiguous()?;
-                scores = (scores + (c2p.contiguous()?.gather(&index, D::Minus1)? / scale)?)?;
+                let pos_key = project(layer.pos_key.as_ref().unwrap_or(&layer.key))?;
+                scores = add_relative_scores(&scores, &q, &pos_key, c2p_index, Side::Query, scale)?;
             }
             if cfg.p2c() {
-                let proj = layer.pos_query.as_ref().unwrap_or(&layer.query);
-                let pos_query = project(proj)?;
-                let p2c = k.matmul(&pos_query.t()?)?; // (bh, seq, 2·span)
-                let index = p2c_index.broadcast_as((bh, seq, seq))?.contiguous()?;
-                let p2c = p2c.contiguous()?.gather(&index, D::Minus1)?.transpose(1, 2)?;
-                scores = (scores + (p2c / scale)?)?;
+                let pos_query = project(layer.pos_query.as_ref().unwrap_or(&layer.query))?;
+                scores = add_relative_scores(&scores, &k, &pos_query, p2c_index, Side::Key, scale)?;
             }
         }
         let scores = scores.reshape((batch, heads, seq, seq))?;
@@ -373,8 +368,9 @@ pub fn log_bucket_position(relative: i64, bucket_size: i64, max_position: i64) -
     log_pos * relative.signum()
 }
 
-/// The gather indices of c2p and p2c attention for a sequence of `seq` tokens: `(seq, seq)` u32 tensors.
-fn relative_indices(seq: usize, cfg: &DebertaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+/// The gather indices of c2p and p2c attention for a sequence of `seq` tokens, each `(seq, seq)` rows of
+/// the `2·span` relative-position embeddings.
+fn relative_indices(seq: usize, cfg: &DebertaConfig, device: &Device) -> Result<(RelativeIndex, RelativeIndex)> {
     let span = cfg.att_span();
     let mut c2p = Vec::with_capacity(seq * seq);
     let mut p2c = Vec::with_capacity(seq * seq);
@@ -388,5 +384,6 @@ fn relative_indices(seq: usize, cfg: &DebertaConfig, device: &Device) -> Result<
             p2c.push((-rel + span).clamp(0, 2 * span - 1) as u32);
         }
     }
-    Ok((Tensor::from_vec(c2p, (seq, seq), device)?, Tensor::from_vec(p2c, (seq, seq), device)?))
+    let positions = 2 * span as usize;
+    Ok((RelativeIndex::new(c2p, seq, positions, device)?, RelativeIndex::new(p2c, seq, positions, device)?))
 }
