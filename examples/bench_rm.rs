@@ -10,7 +10,8 @@
 //!   query/key/value projections and output dense, and its head, trainable; the base frozen.
 //!
 //! The batch is `batch` rows of `seq` random token ids with no padding, as the PyTorch script's: the
-//! first half chosen, the second rejected. Prints one JSON line with the median seconds per batch.
+//! first half chosen, the second rejected. Prints one JSON line with the median seconds per batch (and,
+//! for training, of its forward pass, backward pass and optimizer step).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -61,6 +62,8 @@ fn main() -> Result<()> {
     let vocab = config["vocab_size"].as_u64().context("config.json has no vocab_size")? as u32;
     let batch = random_batch(vocab, batch_size, seq)?;
 
+    // Seconds of the forward pass (with the loss), the backward pass and the optimizer step, per step.
+    let mut phases: Vec<[f64; 3]> = Vec::new();
     let times = match mode.as_str() {
         "infer" | "infer_bf16" => {
             let ctx = Ctx::eval();
@@ -93,15 +96,21 @@ fn main() -> Result<()> {
                 None => Adapters::None,
             });
             let half = batch_size / 2;
-            timed(warmup, iters, || {
+            let times = timed(warmup, iters, || {
+                let start = Instant::now();
                 let rewards = model.forward(&batch, &ctx)?;
                 let loss = pairwise_loss(&rewards.narrow(0, 0, half)?, &rewards.narrow(0, half, half)?)?;
+                let forward = start.elapsed().as_secs_f64();
                 let grads = loss.backward()?;
+                let backward = start.elapsed().as_secs_f64() - forward;
                 let mut accumulated = optimizer.empty_grads();
                 optimizer.accumulate(&grads, &mut accumulated)?;
                 optimizer.step(&accumulated, 1e-5)?;
+                phases.push([forward, backward, start.elapsed().as_secs_f64() - forward - backward]);
                 Ok(())
-            })?
+            })?;
+            phases.drain(..warmup);
+            times
         }
         other => bail!("unknown mode `{other}` (infer, infer_bf16, train_full, train_lora)"),
     };
@@ -113,9 +122,17 @@ fn main() -> Result<()> {
         "train_lora" => model.adapter_parameter_count(ADAPTER),
         _ => model.parameter_count(),
     };
+    let phase_median = |i: usize| {
+        let mut v: Vec<f64> = phases.iter().map(|p| p[i]).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
     println!(
         "{}",
         serde_json::json!({
+            "forward_s": phase_median(0),
+            "backward_s": phase_median(1),
+            "optimizer_s": phase_median(2),
             "mode": mode,
             "median_s_per_batch": median,
             "seq_per_s": batch_size as f64 / median,

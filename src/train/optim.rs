@@ -6,6 +6,8 @@ use std::collections::HashMap;
 
 use candle_core::{Result, Tensor, Var};
 
+use crate::train::fused_adamw;
+
 #[derive(Debug, Clone, Copy)]
 pub struct AdamWConfig {
     pub beta1: f64,
@@ -37,9 +39,10 @@ impl AdamW {
         let params = vars
             .into_iter()
             .map(|(name, var)| {
-                let zeros = var.as_tensor().zeros_like()?;
+                // Two tensors, not two handles on one: the fused step updates each in place.
+                let (m, v) = (var.as_tensor().zeros_like()?, var.as_tensor().zeros_like()?);
                 let decay = !(name.ends_with(".bias") || name.contains("LayerNorm") || name.contains("norm."));
-                Ok(Param { name, var, m: zeros.clone(), v: zeros, decay })
+                Ok(Param { name, var, m, v, decay })
             })
             .collect::<Result<_>>()?;
         Ok(Self { params, step: 0, config })
@@ -66,17 +69,26 @@ impl AdamW {
         vec![None; self.params.len()]
     }
 
-    /// One update with learning rate `lr`; returns the gradient norm before clipping.
-    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<f64> {
-        let mut sq = 0f64;
-        for g in grads.iter().flatten() {
-            sq += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-        }
-        let norm = sq.sqrt();
-        let clip = if self.config.max_grad_norm > 0.0 && norm > self.config.max_grad_norm {
-            self.config.max_grad_norm / (norm + 1e-6)
+    /// One update with learning rate `lr`. Returns the gradient norm before clipping when clipping is
+    /// on, and `None` when it is off (the norm is then not computed: it is a full pass over the
+    /// gradients that nothing would use).
+    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<Option<f64>> {
+        let norm = if self.config.max_grad_norm > 0.0 {
+            let mut sq = 0f64;
+            for g in grads.iter().flatten() {
+                sq += if fused_adamw::applies(&[g]) {
+                    fused_adamw::sum_of_squares(g)?
+                } else {
+                    g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?
+                };
+            }
+            Some(sq.sqrt())
         } else {
-            1.0
+            None
+        };
+        let clip = match norm {
+            Some(norm) if norm > self.config.max_grad_norm => self.config.max_grad_norm / (norm + 1e-6),
+            _ => 1.0,
         };
         self.step += 1;
         let c = self.config;
@@ -84,18 +96,33 @@ impl AdamW {
         let (bc1, bc2) = (1.0 - c.beta1.powi(t), 1.0 - c.beta2.powi(t));
         for (p, g) in self.params.iter_mut().zip(grads) {
             let Some(g) = g else { continue };
+            let theta = p.var.as_tensor();
+            if fused_adamw::applies(&[theta, &p.m, &p.v, g]) && theta.is_contiguous() {
+                let step = fused_adamw::Step {
+                    clip: clip as f32,
+                    beta1: c.beta1 as f32,
+                    beta2: c.beta2 as f32,
+                    bias_correction1: bc1 as f32,
+                    bias_correction2: bc2 as f32,
+                    eps: c.eps as f32,
+                    lr: lr as f32,
+                    decay: if p.decay { (1.0 - lr * c.weight_decay) as f32 } else { 1.0 },
+                };
+                fused_adamw::update(theta, &p.m, &p.v, g, step)?;
+                continue;
+            }
             let g = (g * clip)?;
             p.m = ((&p.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
             p.v = ((&p.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
             let update = ((&p.m / bc1)? / ((&p.v / bc2)?.sqrt()? + c.eps)?)?;
-            let theta = p.var.as_tensor();
             let decayed = if p.decay { (theta * (1.0 - lr * c.weight_decay))? } else { theta.clone() };
             p.var.set(&(decayed - (update * lr)?)?)?;
         }
         Ok(norm)
     }
 
-    /// First and second moments by parameter name, for checkpoints.
+    /// First and second moments by parameter name, for checkpoints. The tensors are the live state
+    /// (the next step updates them in place): save them before stepping again.
     pub fn state(&self) -> HashMap<String, Tensor> {
         let mut out = HashMap::new();
         for p in &self.params {
@@ -110,8 +137,9 @@ impl AdamW {
             let get = |k: String| {
                 state.get(&k).cloned().ok_or_else(|| candle_core::Error::Msg(format!("optimizer state lacks `{k}`")))
             };
-            p.m = get(format!("m.{}", p.name))?.to_device(p.var.device())?;
-            p.v = get(format!("v.{}", p.name))?.to_device(p.var.device())?;
+            // Copies: the fused step updates the moments in place, and `state` may share their storage.
+            p.m = get(format!("m.{}", p.name))?.to_device(p.var.device())?.copy()?;
+            p.v = get(format!("v.{}", p.name))?.to_device(p.var.device())?.copy()?;
         }
         self.step = step;
         Ok(())
@@ -181,7 +209,7 @@ mod tests {
         let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0 };
         let mut opt = AdamW::new(vec![("w".into(), var)], cfg).unwrap();
         let norm = opt.step(&[Some(Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap())], 0.1).unwrap();
-        assert!((norm - 5.0).abs() < 1e-6);
+        assert!((norm.unwrap() - 5.0).abs() < 1e-6);
         let m = opt.state()["m.w"].to_vec1::<f32>().unwrap();
         let v = opt.state()["v.w"].to_vec1::<f32>().unwrap();
         // clipped gradient (0.6, 0.8): m = 0.1·g, v = 0.001·g²
@@ -193,6 +221,48 @@ mod tests {
         let mut opt = AdamW::new(vec![("w".into(), var)], cfg).unwrap();
         opt.step(&[Some(Tensor::new(&[0.5f32], &Device::Cpu).unwrap())], 0.1).unwrap();
         assert!((opt.state()["m.w"].to_vec1::<f32>().unwrap()[0] - 0.05).abs() < 1e-7);
+    }
+
+    /// The fused in-place step (f32 on the CPU) against the composed tensor ops (taken here by f64
+    /// parameters, as other devices take them): the same parameters and moments, to f32 rounding, after
+    /// three clipped steps with and without decay, on a parameter longer than one parallel task; and the
+    /// moments are separate tensors (an in-place update of one must not move the other).
+    #[test]
+    fn fused_step_equals_the_composed_ops() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let n = 70_001;
+        let mut rng = StdRng::seed_from_u64(3);
+        let start: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let grads: Vec<Vec<f32>> = (0..3).map(|_| (0..n).map(|_| rng.random_range(-0.01f32..0.01)).collect()).collect();
+        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, max_grad_norm: 1.0 };
+        let run = |dtype: candle_core::DType, name: &str| {
+            let theta = Tensor::new(start.as_slice(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let var = Var::from_tensor(&theta).unwrap();
+            let mut opt = AdamW::new(vec![(name.to_string(), var.clone())], cfg).unwrap();
+            let mut norms = Vec::new();
+            for g in &grads {
+                let g = Tensor::new(g.as_slice(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+                norms.push(opt.step(&[Some(g)], 0.05).unwrap().unwrap());
+            }
+            let read = |t: &Tensor| t.to_dtype(candle_core::DType::F64).unwrap().to_vec1::<f64>().unwrap();
+            let state = opt.state();
+            (read(var.as_tensor()), read(&state[&format!("m.{name}")]), read(&state[&format!("v.{name}")]), norms)
+        };
+        for name in ["w", "layer.bias"] {
+            let (fused, composed) = (run(candle_core::DType::F32, name), run(candle_core::DType::F64, name));
+            assert!(fused.3[0] > 1.0, "the first step is clipped: norm {}", fused.3[0]);
+            for (a, b) in fused.3.iter().zip(&composed.3) {
+                assert!((a - b).abs() < 1e-5 * b, "{name}: norm {a} vs {b}");
+            }
+            for (what, a, b) in
+                [("theta", &fused.0, &composed.0), ("m", &fused.1, &composed.1), ("v", &fused.2, &composed.2)]
+            {
+                let scale = b.iter().fold(0f64, |s, x| s.max(x.abs()));
+                let diff = a.iter().zip(b).fold(0f64, |d, (x, y)| d.max((x - y).abs()));
+                assert!(diff < 1e-5 * scale.max(1e-3), "{name} {what}: off by {diff} (scale {scale})");
+            }
+            assert_ne!(fused.1, fused.2, "{name}: m and v moved together");
+        }
     }
 
     #[test]
