@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use crate::cpu_op::{contiguous, rows_per_task};
 use crate::dropout::DropoutMask;
 use crate::nn::Ctx;
+use crate::simd;
 
 /// `dropout(softmax(scores / scale with masked keys at the lowest value))` over the last dimension.
 ///
@@ -61,20 +62,60 @@ impl AttentionSoftmax {
         &keep[mask_row * self.keys..(mask_row + 1) * self.keys]
     }
 
-    /// The softmax of one row of scores into `out` (before dropout).
+    /// The softmax of one row of scores into `out` (before dropout). Vectorised when run inside
+    /// [`simd::vectorised`].
+    #[inline(always)]
     fn softmax_row(&self, scores: &[f32], keep: &[u8], out: &mut [f32]) {
-        let mut max = f32::MIN;
         for ((o, &s), &k) in out.iter_mut().zip(scores).zip(keep) {
             *o = if k != 0 { s / self.scale } else { f32::MIN };
-            max = max.max(*o);
         }
-        let mut sum = 0f32;
+        let max = simd::max(out);
         for o in out.iter_mut() {
-            *o = (*o - max).exp();
-            sum += *o;
+            *o = simd::exp(*o - max);
         }
+        let sum = simd::sum(out);
         for o in out.iter_mut() {
             *o /= sum;
+        }
+    }
+
+    /// The output rows from `first` on (as many as `out` holds): the softmax, then the dropout mask.
+    #[inline(always)]
+    fn forward_rows(&self, first: usize, scores: &[f32], keep: &[u8], out: &mut [f32]) {
+        let n = self.keys;
+        for (r, out) in out.chunks_exact_mut(n).enumerate() {
+            let row = first + r;
+            self.softmax_row(&scores[row * n..(row + 1) * n], self.keep_row(keep, row), out);
+            if let Some(dropout) = &self.dropout {
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o *= dropout.factor(row * n + j);
+                }
+            }
+        }
+    }
+
+    /// The scores' gradient rows from `first` on: `p ⊙ (g − Σ p·g) / scale`.
+    #[inline(always)]
+    fn backward_rows(&self, first: usize, scores: &[f32], keep: &[u8], grad: &[f32], out: &mut [f32]) {
+        let n = self.keys;
+        let mut p = vec![0f32; n];
+        for (r, out) in out.chunks_exact_mut(n).enumerate() {
+            let row = first + r;
+            let keep = self.keep_row(keep, row);
+            self.softmax_row(&scores[row * n..(row + 1) * n], keep, &mut p);
+            let g = &grad[row * n..(row + 1) * n];
+            // The gradient through dropout lands in `out` first.
+            for (j, (o, &g)) in out.iter_mut().zip(g).enumerate() {
+                *o = match &self.dropout {
+                    Some(dropout) => g * dropout.factor(row * n + j),
+                    None => g,
+                };
+            }
+            let dot = simd::dot(out, &p);
+            // A masked key's score never reaches the output (even in a row with no key left).
+            for ((o, &p), &k) in out.iter_mut().zip(&p).zip(keep) {
+                *o = if k != 0 { p * (*o - dot) / self.scale } else { 0.0 };
+            }
         }
     }
 }
@@ -91,15 +132,10 @@ impl CustomOp2 for AttentionSoftmax {
         let per_task = rows_per_task(n);
         let mut out = vec![0f32; scores.len()];
         out.par_chunks_mut(per_task * n).enumerate().for_each(|(task, out)| {
-            for (r, out) in out.chunks_exact_mut(n).enumerate() {
-                let row = task * per_task + r;
-                self.softmax_row(&scores[row * n..(row + 1) * n], self.keep_row(keep, row), out);
-                if let Some(dropout) = &self.dropout {
-                    for (j, o) in out.iter_mut().enumerate() {
-                        *o *= dropout.factor(row * n + j);
-                    }
-                }
-            }
+            simd::vectorised(
+                #[inline(always)]
+                || self.forward_rows(task * per_task, scores, keep, out),
+            )
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -145,25 +181,10 @@ impl CustomOp3 for AttentionSoftmaxGrad {
         let per_task = rows_per_task(n);
         let mut out = vec![0f32; scores.len()];
         out.par_chunks_mut(per_task * n).enumerate().for_each(|(task, out)| {
-            let mut p = vec![0f32; n];
-            for (r, out) in out.chunks_exact_mut(n).enumerate() {
-                let row = task * per_task + r;
-                let keep = op.keep_row(keep, row);
-                op.softmax_row(&scores[row * n..(row + 1) * n], keep, &mut p);
-                let g = &grad[row * n..(row + 1) * n];
-                // The gradient through dropout lands in `out` first.
-                for (j, (o, &g)) in out.iter_mut().zip(g).enumerate() {
-                    *o = match &op.dropout {
-                        Some(dropout) => g * dropout.factor(row * n + j),
-                        None => g,
-                    };
-                }
-                let dot: f32 = out.iter().zip(&p).map(|(g, p)| g * p).sum();
-                // A masked key's score never reaches the output (even in a row with no key left).
-                for ((o, &p), &k) in out.iter_mut().zip(&p).zip(keep) {
-                    *o = if k != 0 { p * (*o - dot) / op.scale } else { 0.0 };
-                }
-            }
+            simd::vectorised(
+                #[inline(always)]
+                || op.backward_rows(task * per_task, scores, keep, grad, out),
+            )
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

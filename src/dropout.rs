@@ -11,6 +11,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu_op::contiguous;
+use crate::simd;
 
 /// Which elements are kept (as bits), and what a kept element is multiplied by: `1 / (1 − p)`.
 #[derive(Debug, Clone)]
@@ -24,12 +25,12 @@ impl DropoutMask {
     /// `(1 − p)·2³²`.
     pub fn from_draws(draws: &[u32], p: f32) -> Self {
         let threshold = (f64::from(1.0 - p) * 4_294_967_296.0) as u64;
-        let mut bits = vec![0u64; draws.len().div_ceil(64)];
-        for (i, &d) in draws.iter().enumerate() {
-            if u64::from(d) < threshold {
-                bits[i / 64] |= 1 << (i % 64);
-            }
-        }
+        let bits = draws
+            .chunks(64)
+            .map(|draws| {
+                draws.iter().enumerate().fold(0u64, |w, (k, &d)| w | (u64::from(u64::from(d) < threshold) << k))
+            })
+            .collect();
         Self { bits: Arc::new(bits), scale: 1.0 / (1.0 - p) }
     }
 
@@ -57,15 +58,29 @@ impl DropoutMask {
 /// Elements per parallel task (a multiple of 64, so tasks start on a whole word of bits).
 const CHUNK: usize = 1 << 15;
 
+/// `out = x · factor` for one task, a word of mask bits per 64 elements (the same products as
+/// [`DropoutMask::factor`] gives, without its per-element indexing).
+#[inline(always)]
+fn multiply_words(words: &[u64], scale: f32, x: &[f32], out: &mut [f32]) {
+    for ((out, x), &word) in out.chunks_mut(64).zip(x.chunks(64)).zip(words) {
+        for (k, (o, &v)) in out.iter_mut().zip(x).enumerate() {
+            *o = v * if (word >> k) & 1 == 1 { scale } else { 0.0 };
+        }
+    }
+}
+
 struct Dropout(DropoutMask);
 
 impl Dropout {
     fn multiply(&self, x: &[f32]) -> Vec<f32> {
         let mut out = vec![0f32; x.len()];
+        let mask = &self.0;
         out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).enumerate().for_each(|(task, (out, x))| {
-            for (j, (o, &v)) in out.iter_mut().zip(x).enumerate() {
-                *o = v * self.0.factor(task * CHUNK + j);
-            }
+            let words = &mask.bits[task * CHUNK / 64..];
+            simd::vectorised(
+                #[inline(always)]
+                || multiply_words(words, mask.scale, x, out),
+            )
         });
         out
     }
@@ -115,6 +130,9 @@ mod tests {
         let mask = DropoutMask::from_draws(&draws, 0.3);
         let x = Var::new((0..n).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>().as_slice(), &Device::Cpu).unwrap();
         let dense: Vec<f32> = (0..n).map(|i| mask.factor(i)).collect();
+        for (i, (&f, &d)) in dense.iter().zip(&draws).enumerate() {
+            assert_eq!(f > 0.0, f64::from(d) < 0.7 * 4_294_967_296.0, "element {i}: draw {d}, factor {f}");
+        }
         let kept = dense.iter().filter(|&&f| f > 0.0).count() as f64 / n as f64;
         assert!((kept - 0.7).abs() < 0.02, "kept {kept}");
         let dense = Tensor::from_vec(dense, n, &Device::Cpu).unwrap();

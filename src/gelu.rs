@@ -4,13 +4,14 @@
 //! dozen full-tensor ops; both showed in the profile of a MiniLM step (issue 12). Here the forward is one
 //! pass and the backward another, `grad · (Φ(x) + x·φ(x))`. erf is the Abramowitz–Stegun 7.1.26 rational
 //! form (absolute error below 1.5e-7, a few f32 ulps near 1), which is also what PyTorch's vectorised
-//! CPU erf computes. The gradient has no gradient of its own (no second derivatives). Other devices
-//! and dtypes keep candle's op.
+//! CPU erf computes; its exponential is [`simd::exp`], so both loops vectorise. The gradient has no
+//! gradient of its own (no second derivatives). Other devices and dtypes keep candle's op.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu_op::contiguous;
+use crate::simd;
 
 /// Elements per parallel task: below this, threads cost more than they save.
 const CHUNK: usize = 1 << 15;
@@ -32,7 +33,7 @@ fn erf(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + P * a);
     let poly = t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4]))));
-    let y = 1.0 - poly * (-a * a).exp();
+    let y = 1.0 - poly * simd::exp(-a * a);
     y.copysign(x)
 }
 
@@ -45,7 +46,23 @@ fn gelu(x: f32) -> f32 {
 #[inline(always)]
 fn gelu_slope(x: f32) -> f32 {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
-    0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
+    0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * simd::exp(-0.5 * x * x)
+}
+
+/// `out = gelu(x)`, one task's slice.
+#[inline(always)]
+fn forward(out: &mut [f32], x: &[f32]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = gelu(v);
+    }
+}
+
+/// `out = grad · gelu'(x)`, one task's slice.
+#[inline(always)]
+fn backward(out: &mut [f32], x: &[f32], grad: &[f32]) {
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(grad) {
+        *o = g * gelu_slope(v);
+    }
 }
 
 struct GeluErf;
@@ -59,9 +76,10 @@ impl CustomOp1 for GeluErf {
         let x = contiguous::<f32>(storage, layout, self.name())?;
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, x)| {
-            for (o, &v) in out.iter_mut().zip(x) {
-                *o = gelu(v);
-            }
+            simd::vectorised(
+                #[inline(always)]
+                || forward(out, x),
+            )
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
@@ -87,9 +105,10 @@ impl CustomOp2 for GeluErfGrad {
         }
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK))).for_each(|(out, (x, g))| {
-            for ((o, &v), &g) in out.iter_mut().zip(x).zip(g) {
-                *o = g * gelu_slope(v);
-            }
+            simd::vectorised(
+                #[inline(always)]
+                || backward(out, x, g),
+            )
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

@@ -11,6 +11,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D
 use rayon::prelude::*;
 
 use crate::cpu_op::{contiguous, rows_per_task};
+use crate::simd;
 
 /// `(x − mean) / √(var + eps) · weight + bias` over the last dimension.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
@@ -40,11 +41,47 @@ pub fn composed(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<
 }
 
 /// A row's mean and `√(var + eps)`.
+#[inline(always)]
 fn moments(row: &[f32], eps: f32) -> (f32, f32) {
     let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = simd::sum_by(row, |v| v) / n;
+    let var = simd::sum_by(row, |v| (v - mean) * (v - mean)) / n;
     (mean, (var + eps).sqrt())
+}
+
+/// One task's output rows (vectorised when run inside [`simd::vectorised`]).
+#[inline(always)]
+fn forward_rows(x: &[f32], weight: &[f32], bias: &[f32], eps: f32, out: &mut [f32]) {
+    let n = weight.len();
+    for (out, row) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
+        let (mean, spread) = moments(row, eps);
+        for (((o, &v), &w), &b) in out.iter_mut().zip(row).zip(weight).zip(bias) {
+            *o = (v - mean) / spread * w + b;
+        }
+    }
+}
+
+/// One task's input-gradient rows into `dx`, and its partial sums of the weight's and the bias's
+/// gradients.
+#[inline(always)]
+fn backward_rows(x: &[f32], weight: &[f32], grad: &[f32], eps: f32, dx: &mut [f32]) -> (Vec<f32>, Vec<f32>) {
+    let n = weight.len();
+    let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
+    let (mut normed, mut gw) = (vec![0f32; n], vec![0f32; n]);
+    for ((dx, row), g) in dx.chunks_exact_mut(n).zip(x.chunks_exact(n)).zip(grad.chunks_exact(n)) {
+        let (mean, spread) = moments(row, eps);
+        for j in 0..n {
+            normed[j] = (row[j] - mean) / spread;
+            gw[j] = g[j] * weight[j];
+            dw[j] += g[j] * normed[j];
+            db[j] += g[j];
+        }
+        let (mean_g, mean_gx) = (simd::sum(&gw) / n as f32, simd::dot(&gw, &normed) / n as f32);
+        for j in 0..n {
+            dx[j] = (gw[j] - mean_g - normed[j] * mean_gx) / spread;
+        }
+    }
+    (dw, db)
 }
 
 struct LayerNorm {
@@ -71,12 +108,10 @@ impl CustomOp3 for LayerNorm {
         let n = weight.len();
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(rows_per_task(n) * n).zip(x.par_chunks(rows_per_task(n) * n)).for_each(|(out, x)| {
-            for (out, row) in out.chunks_exact_mut(n).zip(x.chunks_exact(n)) {
-                let (mean, spread) = moments(row, self.eps);
-                for (((o, &v), &w), &b) in out.iter_mut().zip(row).zip(weight).zip(bias) {
-                    *o = (v - mean) / spread * w + b;
-                }
-            }
+            simd::vectorised(
+                #[inline(always)]
+                || forward_rows(x, weight, bias, self.eps, out),
+            )
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -138,25 +173,10 @@ impl CustomOp3 for LayerNormGrad {
             .par_chunks_mut(per_task)
             .zip(x.par_chunks(per_task).zip(grad.par_chunks(per_task)))
             .map(|(dx, (x, grad))| {
-                let (mut dw, mut db) = (vec![0f32; n], vec![0f32; n]);
-                let mut normed = vec![0f32; n];
-                for ((dx, row), g) in dx.chunks_exact_mut(n).zip(x.chunks_exact(n)).zip(grad.chunks_exact(n)) {
-                    let (mean, spread) = moments(row, self.eps);
-                    let (mut sum_g, mut sum_gx) = (0f32, 0f32);
-                    for j in 0..n {
-                        normed[j] = (row[j] - mean) / spread;
-                        let gw = g[j] * weight[j];
-                        sum_g += gw;
-                        sum_gx += gw * normed[j];
-                        dw[j] += g[j] * normed[j];
-                        db[j] += g[j];
-                    }
-                    let (mean_g, mean_gx) = (sum_g / n as f32, sum_gx / n as f32);
-                    for j in 0..n {
-                        dx[j] = (g[j] * weight[j] - mean_g - normed[j] * mean_gx) / spread;
-                    }
-                }
-                (dw, db)
+                simd::vectorised(
+                    #[inline(always)]
+                    || backward_rows(x, weight, grad, self.eps, dx),
+                )
             })
             .collect();
         let mut out = dx;

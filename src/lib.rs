@@ -32,4 +32,5 @@ pub mod relative_scores;
 pub mod report;
 pub mod run;
 pub mod serve;
+pub mod simd;
 pub mod train;
