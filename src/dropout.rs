@@ -72,7 +72,10 @@ fn multiply_words(words: &[u64], scale: f32, x: &[f32], out: &mut [f32]) {
 struct Dropout(DropoutMask);
 
 impl Dropout {
-    fn multiply(&self, x: &[f32]) -> Vec<f32> {
+    fn multiply(&self, x: &[f32]) -> Result<Vec<f32>> {
+        if x.len() > self.0.bits.len() * 64 {
+            candle_core::bail!("dropout: a mask of {} bits for {} elements", self.0.bits.len() * 64, x.len());
+        }
         let mut out = vec![0f32; x.len()];
         let mask = &self.0;
         out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).enumerate().for_each(|(task, (out, x))| {
@@ -82,7 +85,7 @@ impl Dropout {
                 || multiply_words(words, mask.scale, x, out),
             )
         });
-        out
+        Ok(out)
     }
 }
 
@@ -93,7 +96,7 @@ impl CustomOp1 for Dropout {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous::<f32>(storage, layout, self.name())?;
-        Ok((CpuStorage::F32(self.multiply(x)), layout.shape().clone()))
+        Ok((CpuStorage::F32(self.multiply(x)?), layout.shape().clone()))
     }
 
     /// The gradient is the incoming one times the same mask.
@@ -111,7 +114,7 @@ impl CustomOp1 for DropoutGrad {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let grad = contiguous::<f32>(storage, layout, self.name())?;
-        Ok((CpuStorage::F32(Dropout(self.0.clone()).multiply(grad)), layout.shape().clone()))
+        Ok((CpuStorage::F32(Dropout(self.0.clone()).multiply(grad)?), layout.shape().clone()))
     }
 }
 
@@ -131,7 +134,10 @@ mod tests {
         let x = Var::new((0..n).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>().as_slice(), &Device::Cpu).unwrap();
         let dense: Vec<f32> = (0..n).map(|i| mask.factor(i)).collect();
         for (i, (&f, &d)) in dense.iter().zip(&draws).enumerate() {
-            assert_eq!(f > 0.0, f64::from(d) < 0.7 * 4_294_967_296.0, "element {i}: draw {d}, factor {f}");
+            // the threshold as documented, (1 − p)·2³² ((1 − 0.3f32) is 0.69999999, not 0.7): the bit of
+            // element i is draw i's
+            let threshold = (f64::from(1.0 - 0.3f32) * 4_294_967_296.0) as u64;
+            assert_eq!(f > 0.0, u64::from(d) < threshold, "element {i}: draw {d}");
         }
         let kept = dense.iter().filter(|&&f| f > 0.0).count() as f64 / n as f64;
         assert!((kept - 0.7).abs() < 0.02, "kept {kept}");

@@ -173,20 +173,28 @@ mod tests {
                 assert!(max_diff(a, t) < 1e-5 * scale.max(1.0), "{rows}x{k}x{n}: {:?}", var.dims());
             }
         }
-        // Finite differences on the small case, for the weight.
-        let (x, w, b) = (random(&[4, 3], 5), Var::from_tensor(&random(&[2, 3], 6)).unwrap(), random(&[2], 7));
-        let loss = |w: &Tensor| linear_2d(&x, w, &b).unwrap().sqr().unwrap().sum_all().unwrap();
-        let grad = loss(w.as_tensor()).backward().unwrap().get(w.as_tensor()).unwrap().flatten_all().unwrap();
-        let grad = grad.to_vec1::<f32>().unwrap();
-        let values = w.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        for i in 0..values.len() {
-            let at = |d: f32| {
-                let mut v = values.clone();
-                v[i] += d;
-                loss(&Tensor::from_vec(v, (2, 3), &Device::Cpu).unwrap()).to_scalar::<f32>().unwrap()
+        // Finite differences on the small case, for the weight and the bias.
+        let x = random(&[4, 3], 5);
+        let (w, b) = (random(&[2, 3], 6), random(&[2], 7));
+        for which in 0..2 {
+            let loss = |t: &Tensor| {
+                let (w, b) = if which == 0 { (t, &b) } else { (&w, t) };
+                linear_2d(&x, w, b).unwrap().sqr().unwrap().sum_all().unwrap()
             };
-            let numeric = (at(1e-2) - at(-1e-2)) / 2e-2;
-            assert!((grad[i] - numeric).abs() < 1e-2, "element {i}: {} vs {numeric}", grad[i]);
+            let input = if which == 0 { &w } else { &b };
+            let var = Var::from_tensor(input).unwrap();
+            let grad = loss(var.as_tensor()).backward().unwrap().get(var.as_tensor()).unwrap().flatten_all().unwrap();
+            let grad = grad.to_vec1::<f32>().unwrap();
+            let values = input.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for i in 0..values.len() {
+                let at = |d: f32| {
+                    let mut v = values.clone();
+                    v[i] += d;
+                    loss(&Tensor::from_vec(v, input.shape(), &Device::Cpu).unwrap()).to_scalar::<f32>().unwrap()
+                };
+                let numeric = (at(1e-2) - at(-1e-2)) / 2e-2;
+                assert!((grad[i] - numeric).abs() < 1e-2, "input {which} element {i}: {} vs {numeric}", grad[i]);
+            }
         }
     }
 }

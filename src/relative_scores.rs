@@ -98,8 +98,8 @@ pub fn add_relative_scores(
     if !fused {
         return composed(scores, content, pos, index, side, scale);
     }
-    if rows * seq == 0 {
-        return Ok(scores.clone());
+    if rows * seq * d == 0 {
+        return Ok(scores.clone()); // nothing to add (a zero head size gives zero terms)
     }
     let op = RelativeScores { index: index.clone(), side, scale: scale as f32, groups, positions, d };
     scores.contiguous()?.apply_op3(&content.contiguous()?, &pos.contiguous()?, op)
@@ -177,12 +177,14 @@ fn product(
 ) {
     let reach = |rs: usize, cs: usize, rows: usize, cols: usize| (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs;
     assert!(m * n == 0 || reach(dst_rs, 1, m, n) < dst.len(), "product: destination too short");
+    assert!(m <= 1 || dst_rs >= n, "product: destination rows overlap");
     assert!(m * k == 0 || reach(lhs_rs, lhs_cs, m, k) < lhs.len(), "product: left operand too short");
     assert!(k * n == 0 || reach(rhs_rs, rhs_cs, k, n) < rhs.len(), "product: right operand too short");
     if m * n == 0 {
         return;
     }
-    // SAFETY: the asserts above check that every element the strides address lies inside its slice.
+    // SAFETY: the asserts above check that every element the strides address lies inside its slice,
+    // and that no two destination elements share an address.
     unsafe {
         gemm::gemm(
             m,
@@ -360,7 +362,7 @@ mod tests {
     fn matches_the_composed_ops_forward_and_backward() {
         for side in [Side::Query, Side::Key] {
             for (rows, groups, seq, d, span) in
-                [(1, 1, 1, 1, 1), (6, 3, 7, 5, 4), (8, 8, 19, 16, 6), (24, 12, 33, 8, 20)]
+                [(1, 1, 1, 1, 1), (6, 3, 7, 5, 4), (4, 2, 7, 5, 20), (8, 8, 19, 16, 6), (24, 12, 33, 8, 20)]
             {
                 let index = index(seq, span, side);
                 let positions = 2 * span as usize + 3;
@@ -383,33 +385,46 @@ mod tests {
         }
     }
 
-    /// The projection's gradient against central differences, through the position-to-content side
-    /// (the transposed reading), with a shared projection summed over rows.
+    /// The content's and the projection's gradients against central differences, on both sides, with
+    /// a shared projection summed over rows and an index whose window starts past row 0 (as DeBERTa's
+    /// does for sequences shorter than the span).
     #[test]
-    fn position_gradient_matches_finite_differences() {
-        let (rows, groups, seq, d, span) = (4, 2, 5, 3, 3);
-        let index = index(seq, span, Side::Key);
+    fn gradients_match_finite_differences() {
+        let (rows, groups, seq, d, span) = (4, 2, 5, 3, 6);
         let positions = 2 * span as usize + 3;
-        let (scores, content) = (random(&[rows, seq, seq], 5), random(&[rows, seq, d], 6));
-        let pos = Var::from_tensor(&random(&[groups, positions, d], 7)).unwrap();
-        let loss = |p: &Tensor| {
-            let y = add_relative_scores(&scores, &content, p, &index, Side::Key, 1.5).unwrap();
-            y.sqr().unwrap().sum_all().unwrap()
-        };
-        let grad = loss(pos.as_tensor()).backward().unwrap().get(pos.as_tensor()).unwrap().flatten_all().unwrap();
-        let grad = grad.to_vec1::<f32>().unwrap();
-        let values = pos.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        for i in 0..values.len() {
-            let at = |delta: f32| {
-                let mut v = values.clone();
-                v[i] += delta;
-                loss(&Tensor::from_vec(v, (groups, positions, d), &Device::Cpu).unwrap()).to_scalar::<f32>().unwrap()
-            };
-            let numeric = (at(1e-2) - at(-1e-2)) / 2e-2;
-            assert!((grad[i] - numeric).abs() < 2e-2 * numeric.abs().max(1.0), "element {i}: {} vs {numeric}", grad[i]);
-            // exactly the rows the index names have a gradient
-            let row = (i / d) % positions;
-            assert_eq!(grad[i] != 0.0, index.values.contains(&(row as u32)), "element {i} (row {row})");
+        for side in [Side::Query, Side::Key] {
+            let index = index(seq, span, side);
+            assert!(index.lo > 0, "the window starts at row {}", index.lo);
+            let scores = random(&[rows, seq, seq], 5);
+            let inputs = [random(&[rows, seq, d], 6), random(&[groups, positions, d], 7)];
+            for which in 0..2 {
+                let loss = |t: &Tensor| {
+                    let (content, pos) = if which == 0 { (t, &inputs[1]) } else { (&inputs[0], t) };
+                    let y = add_relative_scores(&scores, content, pos, &index, side, 1.5).unwrap();
+                    (y.sqr().unwrap() * 0.5).unwrap().sum_all().unwrap()
+                };
+                let var = Var::from_tensor(&inputs[which]).unwrap();
+                let grad =
+                    loss(var.as_tensor()).backward().unwrap().get(var.as_tensor()).unwrap().flatten_all().unwrap();
+                let grad = grad.to_vec1::<f32>().unwrap();
+                let values = inputs[which].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for i in 0..values.len() {
+                    let at = |delta: f32| {
+                        let mut v = values.clone();
+                        v[i] += delta;
+                        let t = Tensor::from_vec(v, inputs[which].shape(), &Device::Cpu).unwrap();
+                        loss(&t).to_scalar::<f32>().unwrap()
+                    };
+                    let numeric = (at(1e-2) - at(-1e-2)) / 2e-2;
+                    let case = format!("{side:?} input {which} element {i}: {} vs {numeric}", grad[i]);
+                    assert!((grad[i] - numeric).abs() < 2e-2 * numeric.abs().max(1.0), "{case}");
+                    if which == 1 {
+                        // exactly the rows the index names have a gradient
+                        let row = (i / d) % positions;
+                        assert_eq!(grad[i] != 0.0, index.values.contains(&(row as u32)), "{case} (row {row})");
+                    }
+                }
+            }
         }
     }
 

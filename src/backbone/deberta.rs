@@ -312,8 +312,8 @@ impl Deberta {
         if let Some((table, c2p_index, p2c_index)) = rel {
             let table = ctx.dropout(table, cfg.hidden_dropout_prob)?.unsqueeze(0)?;
             // The position projection per head, `(heads, 2·span, d)`, shared by the batch; with per-row
-            // adapters one per row, `(batch·heads, 2·span, d)`, computed once per run of rows sharing an
-            // adapter.
+            // adapters that differ, one per row, `(batch·heads, 2·span, d)`, computed once per run of rows
+            // sharing an adapter (one adapter for every row gives the shared form).
             let project = |proj: &LoraLinear| -> Result<Tensor> {
                 let Adapters::PerRow(names) = &ctx.adapters else {
                     return split(proj.forward(&table, ctx)?);

@@ -4,14 +4,15 @@
 //! each allocating its output (scaling, the two moments, bias correction, the square root, the decay,
 //! the subtraction, then `Var::set`'s copy), and the gradient norm two more. For DeBERTa-v3-base's 184M
 //! parameters that is about 13 GB of memory traffic per step. Here the first moment, the second moment
-//! and the parameter are each updated where they lie, in the order and precision of the composed ops
-//! (f32, as `torch.optim.AdamW` on f32 parameters). Other devices and dtypes keep the composed path in
-//! `optim.rs`.
+//! and the parameter are each updated where they lie, by the composed ops' formula in f32 (as
+//! `torch.optim.AdamW` on f32 parameters; not the same bits, since the composed ops multiply by
+//! reciprocals). Other devices and dtypes keep the composed path in `optim.rs`.
 
 use candle_core::{CpuStorage, CustomOp1, DType, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu_op::contiguous;
+use crate::simd;
 
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 15;
@@ -34,6 +35,9 @@ pub struct Step {
     pub clip: f32,
     pub beta1: f32,
     pub beta2: f32,
+    /// `1 − β₁` and `1 − β₂`, computed in f64 (`1 − 0.999f32` is not `0.001f32`).
+    pub one_minus_beta1: f32,
+    pub one_minus_beta2: f32,
     pub bias_correction1: f32,
     pub bias_correction2: f32,
     pub eps: f32,
@@ -59,8 +63,16 @@ impl CustomOp1 for SumOfSquares {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = contiguous::<f32>(storage, layout, self.name())?;
-        // Each chunk sums in f32 (vectorised), chunks add in f64, in a fixed order.
-        let partial: Vec<f64> = g.par_chunks(CHUNK).map(|c| c.iter().map(|x| x * x).sum::<f32>() as f64).collect();
+        // Each chunk sums in f32 (in vector lanes), chunks add in f64, in a fixed order.
+        let partial: Vec<f64> = g
+            .par_chunks(CHUNK)
+            .map(|c| {
+                simd::vectorised(
+                    #[inline(always)]
+                    || simd::sum_by(c, |x| x * x),
+                ) as f64
+            })
+            .collect();
         Ok((CpuStorage::F64(vec![partial.iter().sum()]), Shape::from(())))
     }
 }
@@ -93,10 +105,10 @@ impl InplaceOp2 for FirstMoment {
         let m = contiguous_mut(s1, l1, self.name())?;
         let g = contiguous::<f32>(s2, l2, self.name())?;
         same_len(self.name(), m, g)?;
-        let Step { clip, beta1, .. } = self.0;
+        let Step { clip, beta1, one_minus_beta1, .. } = self.0;
         m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
             for (m, &g) in m.iter_mut().zip(g) {
-                *m = *m * beta1 + (g * clip) * (1.0 - beta1);
+                *m = *m * beta1 + (g * clip) * one_minus_beta1;
             }
         });
         Ok(())
@@ -114,11 +126,11 @@ impl InplaceOp2 for SecondMoment {
         let v = contiguous_mut(s1, l1, self.name())?;
         let g = contiguous::<f32>(s2, l2, self.name())?;
         same_len(self.name(), v, g)?;
-        let Step { clip, beta2, .. } = self.0;
+        let Step { clip, beta2, one_minus_beta2, .. } = self.0;
         v.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(v, g)| {
             for (v, &g) in v.iter_mut().zip(g) {
                 let g = g * clip;
-                *v = *v * beta2 + (g * g) * (1.0 - beta2);
+                *v = *v * beta2 + (g * g) * one_minus_beta2;
             }
         });
         Ok(())
