@@ -9,7 +9,7 @@
 #
 # Options:
 #   --quick               SPLADE-tiny, 2,000 training pairs per domain, 1 epoch, 2 seeds, every test pair; the
-#                         table is compared with the expected one (an hour or so on 2 cores)
+#                         table is compared with the expected one (about 20 minutes on 2 cores)
 #   --methods a,b         of baseline, baselora, more, rodos, arliss, dmoerm (default: all)
 #   --seeds 1,2,3         default 1,2,3,4,5 (quick: 1,2)
 #   --backbone NAME       a configs/<method>-NAME.json family: deberta-v3-large, deberta-v3-base, minilm,
