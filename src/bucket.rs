@@ -7,13 +7,15 @@
 
 use crate::data::PairRecord;
 
-/// Indices of `records` from shortest to longest (the prompt with its longer response), ties in input
-/// order, so the order is the same on every run.
+/// A pair's length for ordering: bytes of the prompt with its longer response.
+pub fn pair_length(record: &PairRecord) -> usize {
+    record.prompt.len() + record.chosen.len().max(record.rejected.len())
+}
+
+/// Indices of `records` from shortest to longest ([`pair_length`]), ties in input order, so the order is
+/// the same on every run.
 pub fn pair_order(records: &[PairRecord]) -> Vec<usize> {
-    order_by(records.len(), |i| {
-        let r = &records[i];
-        r.prompt.len() + r.chosen.len().max(r.rejected.len())
-    })
+    order_by(records.len(), |i| pair_length(&records[i]))
 }
 
 /// Indices of `(prompt, response)` inputs from shortest to longest, ties in input order.

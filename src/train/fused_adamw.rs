@@ -49,8 +49,8 @@ pub struct Step {
 /// Updates `m`, `v` and `theta` in place from the gradient `g` (all the same shape, contiguous).
 pub fn update(theta: &Tensor, m: &Tensor, v: &Tensor, g: &Tensor, step: Step) -> Result<()> {
     let g = g.contiguous()?;
-    m.inplace_op2(&g, &FirstMoment(step))?;
-    v.inplace_op2(&g, &SecondMoment(step))?;
+    m.inplace_op2(&g, &Moment { decay: step.beta1, weight: step.one_minus_beta1, clip: step.clip, squared: false })?;
+    v.inplace_op2(&g, &Moment { decay: step.beta2, weight: step.one_minus_beta2, clip: step.clip, squared: true })?;
     theta.inplace_op3(m, v, &Parameter(step))
 }
 
@@ -94,43 +94,29 @@ fn same_len(op: &str, dst: &[f32], src: &[f32]) -> Result<()> {
     Ok(())
 }
 
-struct FirstMoment(Step);
-
-impl InplaceOp2 for FirstMoment {
-    fn name(&self) -> &'static str {
-        "rmroute-adamw-first-moment"
-    }
-
-    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
-        let m = contiguous_mut(s1, l1, self.name())?;
-        let g = contiguous::<f32>(s2, l2, self.name())?;
-        same_len(self.name(), m, g)?;
-        let Step { clip, beta1, one_minus_beta1, .. } = self.0;
-        m.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(m, g)| {
-            for (m, &g) in m.iter_mut().zip(g) {
-                *m = *m * beta1 + (g * clip) * one_minus_beta1;
-            }
-        });
-        Ok(())
-    }
+/// One moment's update, `moment ← decay·moment + weight·(c·g)` with the square of `c·g` for the
+/// second moment.
+struct Moment {
+    decay: f32,
+    weight: f32,
+    clip: f32,
+    squared: bool,
 }
 
-struct SecondMoment(Step);
-
-impl InplaceOp2 for SecondMoment {
+impl InplaceOp2 for Moment {
     fn name(&self) -> &'static str {
-        "rmroute-adamw-second-moment"
+        "rmroute-adamw-moment"
     }
 
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
-        let v = contiguous_mut(s1, l1, self.name())?;
+        let moment = contiguous_mut(s1, l1, self.name())?;
         let g = contiguous::<f32>(s2, l2, self.name())?;
-        same_len(self.name(), v, g)?;
-        let Step { clip, beta2, one_minus_beta2, .. } = self.0;
-        v.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(v, g)| {
-            for (v, &g) in v.iter_mut().zip(g) {
+        same_len(self.name(), moment, g)?;
+        let Moment { decay, weight, clip, squared } = *self;
+        moment.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).for_each(|(moment, g)| {
+            for (m, &g) in moment.iter_mut().zip(g) {
                 let g = g * clip;
-                *v = *v * beta2 + (g * g) * one_minus_beta2;
+                *m = *m * decay + (if squared { g * g } else { g }) * weight;
             }
         });
         Ok(())

@@ -68,8 +68,7 @@ impl Objective for Pairwise<'_> {
     }
 
     fn length(&self, example: usize) -> usize {
-        let p = &self.pairs[example];
-        p.prompt.len() + p.chosen.len().max(p.rejected.len())
+        crate::bucket::pair_length(&self.pairs[example])
     }
 
     fn micro_batch(&self, batch: &[usize], ctx: Ctx) -> Result<MicroBatch> {
