@@ -22,14 +22,15 @@ use anyhow::{bail, Context, Result};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use rmroute::base::BaseRef;
-use rmroute::config::{paper_lora, ArlissConfig, Method, TrainConfig};
-use rmroute::eval::resident_memory;
-use rmroute::load::{load_scorer, Kind, Routed, RoutedParts, ScoreOptions, Switching};
 use rmroute::methods::arliss::ROUTER_ADAPTER;
+use rmroute::methods::arliss::{Arliss, Switching};
+use rmroute::methods::base::BaseRef;
+use rmroute::methods::config::{paper_lora, ArlissConfig, Method, TrainConfig};
+use rmroute::methods::manifest::{Part, Role, RunMeta};
+use rmroute::methods::{load as load_scorer, DomainRouter, ScoreOptions, Scorer};
 use rmroute::model::{LoadOptions, RewardModel};
 use rmroute::nn::Adapters;
-use rmroute::run::{Part, Role, RunMeta};
+use rmroute::results::eval::resident_memory;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -39,7 +40,7 @@ const PAIRS: usize = 32;
 const TOKENS: usize = 128;
 
 fn main() -> Result<()> {
-    rmroute::alloc::keep_freed_memory(); // as the rmroute binary does
+    rmroute::ops::alloc::keep_freed_memory(); // as the rmroute binary does
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let model = PathBuf::from(flag("--model").unwrap_or_else(|| "models/all-MiniLM-L6-v2".into()));
@@ -113,10 +114,10 @@ fn prepare(model_dir: &Path, dir: &Path) -> Result<()> {
         ..TrainConfig::default()
     };
     RunMeta {
-        method: Method::Arliss.name().into(),
+        method: Method::Arliss,
         domains: domains(),
         backbone: spec.clone(),
-        backbone_name: rmroute::run::backbone_name(&spec),
+        backbone_name: rmroute::methods::manifest::backbone_name(&spec),
         seed: 0,
         rmroute_version: env!("CARGO_PKG_VERSION").into(),
         config,
@@ -141,20 +142,21 @@ fn limits() -> ScoreOptions {
     ScoreOptions { max_length: Some(TOKENS), ..Default::default() }
 }
 
-fn load_baseline(dir: &Path) -> Result<RewardModel> {
+fn load_baseline(dir: &Path) -> Result<Scorer> {
     let scorer = load_scorer(&dir.join("baseline"), &LoadOptions::default(), &limits())?;
-    match scorer.kind {
-        Kind::Single { model, .. } => Ok(model),
-        _ => bail!("the Baseline model loaded as something else"),
+    if scorer.single().is_none() {
+        bail!("the Baseline model loaded as something else");
     }
+    Ok(scorer)
 }
 
 /// The ARLISS run, loaded as `rmroute score` loads it.
-fn load_arliss(dir: &Path) -> Result<Routed> {
-    match load_scorer(&dir.join("arliss"), &LoadOptions::default(), &ScoreOptions::default())?.kind {
-        Kind::Routed(routed) => Ok(routed),
-        _ => bail!("the ARLISS run loaded as something else"),
+fn load_arliss(dir: &Path) -> Result<Scorer> {
+    let scorer = load_scorer(&dir.join("arliss"), &LoadOptions::default(), &ScoreOptions::default())?;
+    if scorer.downcast_ref::<Arliss>().is_none() {
+        bail!("the ARLISS run loaded as something else");
     }
+    Ok(scorer)
 }
 
 /// Prompts and responses of plain words, long enough to fill 128 tokens; each domain's prompts start
@@ -171,8 +173,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn throughput(dir: &Path, rounds: usize) -> Result<()> {
-    let baseline = load_baseline(dir)?;
-    let mut routed = load_arliss(dir)?;
+    let baseline_scorer = load_baseline(dir)?;
+    let Some((baseline, _)) = baseline_scorer.single() else { bail!("the Baseline model loaded as something else") };
+    let mut arliss_scorer = load_arliss(dir)?;
     let (prompts, responses) = inputs();
     let pairs: Vec<(&str, &str)> = prompts.iter().zip(&responses).map(|(p, r)| (p.as_str(), r.as_str())).collect();
     let prompt_refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
@@ -184,8 +187,9 @@ fn throughput(dir: &Path, rounds: usize) -> Result<()> {
     let (step, step_domains, step_prompts) = (&pairs[..DOMAINS], &oracle[..DOMAINS], &prompt_refs[..DOMAINS]);
     let mut measure = |name: &str| -> Result<f64> {
         let mode = if name.contains("sequential") { Switching::Sequential } else { Switching::OnePass };
-        routed.set_switching(mode);
-        let RoutedParts::Adapters { model, .. } = &routed.parts else { bail!("ARLISS holds adapters") };
+        let Some(routed) = arliss_scorer.downcast_mut::<Arliss>() else { bail!("ARLISS holds adapters") };
+        routed.switching = mode;
+        let (routed, model): (&Arliss, &RewardModel) = (routed, &routed.model);
         let start = Instant::now();
         match name {
             "baseline" => drop(baseline.score(&pairs, PAIRS, &Adapters::None)?),
@@ -247,7 +251,7 @@ fn memory(dir: &Path, which: &str) -> Result<()> {
         "baseline" => {
             let model = load_baseline(dir)?;
             let loaded = resident_memory();
-            model.score(&pairs, PAIRS, &Adapters::None)?;
+            model.score(&pairs, PAIRS)?;
             (loaded, resident_memory())
         }
         "arliss" => {

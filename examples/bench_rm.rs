@@ -20,10 +20,10 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rmroute::bf16::Precision;
-use rmroute::encoding::Batch;
-use rmroute::lora::{LoraConfig, TargetModules};
+use rmroute::backbone::encoding::Batch;
 use rmroute::model::{LoadOptions, RewardModel};
+use rmroute::nn::bf16::Precision;
+use rmroute::nn::lora::{LoraConfig, TargetModules};
 use rmroute::nn::{Adapters, Ctx};
 use rmroute::train::loss::pairwise_loss;
 use rmroute::train::optim::{AdamW, AdamWConfig};
@@ -34,7 +34,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const ADAPTER: &str = "bench";
 
 fn main() -> Result<()> {
-    rmroute::alloc::keep_freed_memory(); // as the rmroute binary does
+    rmroute::ops::alloc::keep_freed_memory(); // as the rmroute binary does
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let number = |name: &str, default: usize| -> Result<usize> {
@@ -89,7 +89,7 @@ fn main() -> Result<()> {
             };
             let mut optimizer = AdamW::new(
                 model.trainable_vars(&adapters),
-                AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, max_grad_norm: 0.0 },
+                AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 },
             )?;
             let ctx = Ctx::train(1).with_adapters(match adapters.first() {
                 Some(name) => Adapters::One(name.to_string()),

@@ -13,14 +13,14 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use rmroute::load::{load_scorer, ScoreOptions};
+use rmroute::methods::{load as load_scorer, ScoreOptions};
 use rmroute::model::{LoadOptions, RewardModel};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<()> {
-    rmroute::alloc::keep_freed_memory(); // as the rmroute binary does
+    rmroute::ops::alloc::keep_freed_memory(); // as the rmroute binary does
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
     let number = |name: &str, default: usize| -> Result<usize> {

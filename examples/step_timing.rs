@@ -14,10 +14,9 @@ fn main() -> anyhow::Result<()> {
     let text = "word ".repeat(120);
     let inputs: Vec<(&str, &str)> = (0..32).map(|_| (text.as_str(), "a reply")).collect();
     let batch = model.encode(&inputs)?;
-    let mut opt = AdamW::new(
-        model.trainable_vars(&[]),
-        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, max_grad_norm: 1.0 },
-    )?;
+    let mut opt =
+        AdamW::new(model.trainable_vars(&[]), AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 })?
+            .with_clipping(1.0);
     for _ in 0..2 {
         let t = Instant::now();
         let r = model.forward(&batch, &Ctx::eval())?;

@@ -1,36 +1,35 @@
 //! rmroute: train, evaluate and serve router-based reward models for RLHF.
 //!
 //! Data flows one way: raw files → [`data::prepare`] → pair JSONL → batches → model → rewards →
-//! metrics → tables.
+//! metrics → tables. The folders are the layers, bottom to top; a module imports only from the layers
+//! below it:
+//!
+//! ```text
+//! io        atomic files, staged directories, JSON with key paths (every layer may use it)
+//! ops       fused CPU kernels with their own backward; simd
+//! data      pair records, source converters, splits, domains, length ordering
+//! nn        forward context, parameters and initialisers, linear / LoRA / bf16 layers, attention
+//! backbone  one file per architecture family; tokenizer and pair encoding; checkpoint loading
+//! heads     reward / classifier head, MoRE's sparse MoE, DMoERM's aggregator
+//! model     the reward model: forward, adapters, Hugging Face and PEFT in and out
+//! train     the loop, objectives, optimizer and schedule, checkpoints, stages
+//! aspects   DMoERM's capability-point labels from an LLM
+//! methods   one file per method; the config, the run manifest, train and load dispatch
+//! results   eval, report, compare, plot
+//! serve     HTTP
+//! ```
+//!
+//! (`main.rs` and its `cli/` sit on top of all of them.)
 
-pub mod alloc;
 pub mod aspects;
-pub mod attention_softmax;
 pub mod backbone;
-pub mod base;
-pub mod bf16;
-pub mod bucket;
-pub mod compare;
-pub mod config;
-pub mod cpu_op;
 pub mod data;
-pub mod dropout;
-pub mod encoding;
-pub mod eval;
-pub mod gelu;
 pub mod heads;
-pub mod layer_norm;
-pub mod linear;
-pub mod load;
-pub mod lora;
+pub mod io;
 pub mod methods;
 pub mod model;
-pub mod moe;
 pub mod nn;
-pub mod plot;
-pub mod relative_scores;
-pub mod report;
-pub mod run;
+pub mod ops;
+pub mod results;
 pub mod serve;
-pub mod simd;
 pub mod train;

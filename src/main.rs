@@ -46,17 +46,17 @@ enum Command {
 }
 
 fn main() -> Result<()> {
-    rmroute::alloc::keep_freed_memory();
+    rmroute::ops::alloc::keep_freed_memory();
     match Cli::parse().command {
         Command::Prepare(args) => cli::prepare::run(args),
         Command::Score(args) => cli::score::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::LabelAspects(args) => cli::label_aspects::run(args),
-        Command::TrainBaseline(args) => cli::train::run_baseline(args),
-        Command::TrainRodos(args) => cli::train::run_rodos(args),
-        Command::TrainArliss(args) => cli::train::run_arliss(args),
-        Command::TrainMore(args) => cli::train::run_more(args),
-        Command::TrainDmoerm(args) => cli::train::run_dmoerm(args),
+        Command::TrainBaseline(args) => cli::train::run("train-baseline", &args, None),
+        Command::TrainRodos(args) => cli::train::run("train-rodos", &args.common, args.add_domain.as_deref()),
+        Command::TrainArliss(args) => cli::train::run("train-arliss", &args.common, args.add_domain.as_deref()),
+        Command::TrainMore(args) => cli::train::run("train-more", &args, None),
+        Command::TrainDmoerm(args) => cli::train::run("train-dmoerm", &args, None),
         Command::Eval(args) => cli::eval::run(args),
         Command::Report(args) => cli::report::run(args),
     }

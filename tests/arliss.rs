@@ -9,15 +9,26 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rmroute::config::{ArlissConfig, Method, RouterConfig, TrainConfig};
-use rmroute::eval::{domain_test_sets, routed_results};
-use rmroute::load::{load_scorer, Kind, RoutedParts, ScoreOptions, Switching};
-use rmroute::lora::{LoraConfig, TargetModules};
-use rmroute::methods::arliss::{train_arliss, ROUTER_ADAPTER};
+use rmroute::methods::arliss::{Arliss, Switching, ROUTER_ADAPTER};
+use rmroute::methods::config::{ArlissConfig, Method, RouterConfig, TrainConfig};
+use rmroute::methods::{load as load_scorer, ScoreOptions, Scorer};
 use rmroute::model::{LoadOptions, RewardModel};
+use rmroute::nn::lora::{LoraConfig, TargetModules};
 use rmroute::nn::{Adapters, Ctx};
-use rmroute::train::objective::{Balance, Objective, Pairwise};
-use rmroute::train::trainer::{RunOptions, StoppedEarly};
+use rmroute::results::eval::{domain_test_sets, routed_results};
+use rmroute::train::classification::Balance;
+use rmroute::train::objective::{ModelRewards, Objective, Pairwise};
+use rmroute::train::stage::RunOptions;
+use rmroute::train::trainer::StoppedEarly;
+
+fn train_arliss(
+    cfg: &TrainConfig,
+    device: candle_core::Device,
+    opts: &RunOptions,
+    add_domain: Option<&str>,
+) -> anyhow::Result<PathBuf> {
+    rmroute::methods::train(cfg, device, opts, add_domain)
+}
 
 fn lora() -> LoraConfig {
     LoraConfig {
@@ -61,10 +72,9 @@ fn adapter_files(run: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         .collect()
 }
 
-fn arliss_model(scorer: &rmroute::load::Scorer) -> (&RewardModel, &BTreeMap<String, String>) {
-    let Kind::Routed(routed) = &scorer.kind else { panic!("ARLISS loads as a routed scorer") };
-    let RoutedParts::Adapters { model, adapters, .. } = &routed.parts else { panic!("ARLISS keeps adapters") };
-    (model, adapters)
+fn arliss_model(scorer: &Scorer) -> (&RewardModel, &BTreeMap<String, String>) {
+    let arliss = scorer.downcast_ref::<Arliss>().expect("ARLISS loads as a routed scorer that keeps adapters");
+    (&arliss.model, &arliss.adapters)
 }
 
 #[test]
@@ -85,10 +95,10 @@ fn arliss_routes_learns_each_domain_and_one_pass_equals_switching() {
     // Only adapters and heads are kept: no copy of the base anywhere in the run.
     let kept = common::files(&run);
     assert!(kept.keys().all(|p| !p.ends_with("model.safetensors") && !p.ends_with("config.json")), "{:?}", kept.keys());
-    let meta = rmroute::run::RunMeta::read(&run).unwrap();
+    let meta = rmroute::methods::manifest::RunMeta::read(&run).unwrap();
     assert_eq!(meta.method, "arliss");
     let base_ref = meta.base.clone().unwrap();
-    assert_eq!(base_ref.sha256, rmroute::base::sha256_file(&base.path().join("model.safetensors")).unwrap());
+    assert_eq!(base_ref.sha256, rmroute::methods::base::sha256_file(&base.path().join("model.safetensors")).unwrap());
     // Table 3's count: the base once, plus every adapter with its head.
     let base_model = RewardModel::load(base.path(), &LoadOptions::default()).unwrap();
     let adapters: usize = meta.parts.iter().map(|p| p.total_parameters).sum();
@@ -119,7 +129,7 @@ fn arliss_routes_learns_each_domain_and_one_pass_equals_switching() {
     let (model, names) = arliss_model(&scorer);
     let mut rows: Vec<(String, String, String)> = Vec::new();
     for domain in ["gamma", "alpha", "beta"] {
-        for p in rmroute::eval::test_pairs(data.path(), domain, Some(4), 3).unwrap() {
+        for p in rmroute::results::eval::test_pairs(data.path(), domain, Some(4), 3).unwrap() {
             rows.push((domain.to_string(), p.prompt.clone(), p.chosen.clone()));
             rows.push((domain.to_string(), p.prompt, p.rejected));
         }
@@ -135,18 +145,16 @@ fn arliss_routes_learns_each_domain_and_one_pass_equals_switching() {
         let alone = model.score(&[*pair], 1, &Adapters::One(names[domain].clone())).unwrap()[0];
         assert!((mixed[i] - alone).abs() <= 1e-5, "row {i} ({domain}): {} vs {alone}", mixed[i]);
     }
-    let Kind::Routed(routed) = &scorer.kind else { unreachable!() };
-    let one_pass = routed.score_in(&pairs, &domains, 32).unwrap();
-    let mut sequential = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
-    let Kind::Routed(seq) = &mut sequential.kind else { unreachable!() };
-    seq.set_switching(Switching::Sequential);
-    let switched = seq.score_in(&pairs, &domains, 32).unwrap();
+    let one_pass = scorer.router().unwrap().score_in(&pairs, &domains, 32).unwrap();
+    let choice = ScoreOptions { switching: Some(Switching::Sequential), ..Default::default() };
+    let sequential = load_scorer(&run, &LoadOptions::default(), &choice).unwrap();
+    let switched = sequential.router().unwrap().score_in(&pairs, &domains, 32).unwrap();
     for (i, (a, b)) in one_pass.iter().zip(&switched).enumerate() {
         assert!((a - b).abs() <= 1e-5, "row {i}: one pass {a}, sequential {b}");
     }
     assert!(one_pass.iter().zip(&mixed).all(|(a, b)| (a - b).abs() <= 1e-5));
     // Routing matters: beta's pairs scored by alpha's adapter (opposite marker) come out wrong.
-    let beta = rmroute::eval::test_pairs(data.path(), "beta", None, 0).unwrap();
+    let beta = rmroute::results::eval::test_pairs(data.path(), "beta", None, 0).unwrap();
     let chosen: Vec<(&str, &str)> = beta.iter().map(|p| (p.prompt.as_str(), p.chosen.as_str())).collect();
     let rejected: Vec<(&str, &str)> = beta.iter().map(|p| (p.prompt.as_str(), p.rejected.as_str())).collect();
     let (c, r) = (scorer.score_as(&chosen, "alpha", 8).unwrap(), scorer.score_as(&rejected, "alpha", 8).unwrap());
@@ -170,7 +178,7 @@ fn training_an_adapter_moves_only_the_adapter() {
     model.add_adapter("rm-alpha", &lora(), 1).unwrap();
     model.add_classifier_adapter(ROUTER_ADAPTER, &lora(), 1, 3).unwrap();
     let pairs = rmroute::data::read_pairs(&data.path().join("alpha/train.jsonl")).unwrap();
-    let objective = Pairwise { model: &model, adapter: Some("rm-alpha"), pairs: &pairs };
+    let objective = Pairwise(ModelRewards { model: &model, adapter: Some("rm-alpha"), pairs: &pairs });
     let vars = objective.vars();
     assert!(!vars.is_empty());
     for (name, _) in &vars {
@@ -180,7 +188,7 @@ fn training_an_adapter_moves_only_the_adapter() {
     // The router adapter's objective too: its LoRA and its classifier over the 3 domains, nothing else.
     let prompts: Vec<String> = pairs.iter().map(|p| p.prompt.clone()).collect();
     let labels: Vec<usize> = (0..prompts.len()).map(|i| i % 3).collect();
-    let routing = rmroute::train::objective::DomainClassification::new(
+    let routing = rmroute::train::classification::DomainClassification::new(
         &model,
         Some(ROUTER_ADAPTER),
         &prompts,
@@ -194,7 +202,7 @@ fn training_an_adapter_moves_only_the_adapter() {
     assert_eq!(router_count, model.adapter_parameter_count(ROUTER_ADAPTER));
     assert_eq!(model.adapter(ROUTER_ADAPTER).unwrap().head.outputs(), 3);
     let too_many = [3usize];
-    assert!(rmroute::train::objective::DomainClassification::new(
+    assert!(rmroute::train::classification::DomainClassification::new(
         &model,
         Some(ROUTER_ADAPTER),
         &prompts[..1],
@@ -206,7 +214,9 @@ fn training_an_adapter_moves_only_the_adapter() {
     let out = tempfile::tempdir().unwrap();
     let mut cfg = config(base.path(), data.path(), out.path());
     cfg.epochs = 2;
-    let trained = rmroute::train::trainer::train(&model, Some("rm-alpha"), &pairs, &cfg, out.path(), &quiet()).unwrap();
+    let objective = Pairwise(ModelRewards { model: &model, adapter: Some("rm-alpha"), pairs: &pairs });
+    let stage = rmroute::train::stage::Stage::whole_run(out.path(), common::no_key(), &quiet());
+    let trained = rmroute::train::trainer::train(&objective, &cfg.trainer(), &cfg.adamw(), &stage).unwrap();
     assert!(trained.steps > 0);
     let after = model.state_dict().unwrap();
     assert_eq!(before.len(), after.len());
@@ -245,7 +255,7 @@ fn adding_a_domain_keeps_every_other_adapter_byte_identical() {
         assert!(after.get(path) == Some(bytes), "{} changed", path.display());
     }
     assert!(!run.join("stages/router").exists(), "the old router adapter goes once the new one is in place");
-    let meta = rmroute::run::RunMeta::read(&run).unwrap();
+    let meta = rmroute::methods::manifest::RunMeta::read(&run).unwrap();
     assert_eq!(meta.domains, ["alpha", "beta", "gamma"]);
     let scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
     let scored = scorer.score(&[("w35 w36 w40 w41", "w5 w50"), ("w22 w23 w24 w25", "w5 w50")], 2).unwrap();

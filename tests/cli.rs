@@ -118,8 +118,8 @@ fn score_refuses_an_encoder_without_a_reward_head() {
 
 #[test]
 fn score_takes_a_peft_adapter_directory_for_the_model() {
-    use rmroute::lora::{LoraConfig, TargetModules};
     use rmroute::model::{LoadOptions, RewardModel};
+    use rmroute::nn::lora::{LoraConfig, TargetModules};
     use rmroute::nn::Adapters;
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("base");

@@ -12,15 +12,24 @@ use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 
-use rmroute::config::{DmoermConfig, Method, RouterConfig, StageConfig, TrainConfig};
-use rmroute::eval::{domain_test_sets, routed_results, task_results};
-use rmroute::load::{load_scorer, Kind, RoutedParts, ScoreOptions};
-use rmroute::lora::{LoraConfig, TargetModules};
-use rmroute::methods::dmoerm::train_dmoerm;
+use rmroute::methods::config::{DmoermConfig, Method, RouterConfig, StageConfig, TrainConfig};
+use rmroute::methods::dmoerm::Dmoerm;
+use rmroute::methods::{load as load_scorer, ScoreOptions};
 use rmroute::model::LoadOptions;
+use rmroute::nn::lora::{LoraConfig, TargetModules};
 use rmroute::nn::{Adapters, Ctx};
-use rmroute::train::objective::Balance;
-use rmroute::train::trainer::{RunOptions, StoppedEarly};
+use rmroute::results::eval::{domain_test_sets, routed_results};
+use rmroute::train::classification::Balance;
+use rmroute::train::stage::RunOptions;
+use rmroute::train::trainer::StoppedEarly;
+
+fn train_dmoerm(
+    cfg: &TrainConfig,
+    device: candle_core::Device,
+    opts: &RunOptions,
+) -> anyhow::Result<std::path::PathBuf> {
+    rmroute::methods::train(cfg, device, opts, None)
+}
 
 const HELPFULNESS: [&str; 3] = ["w10", "w11", "w12"];
 const FLUENCY: [&str; 3] = ["w13", "w14", "w15"];
@@ -120,7 +129,7 @@ fn experts_learn_their_points_and_the_aggregator_beats_each_of_them() {
     train_dmoerm(&cfg, candle_core::Device::Cpu, &resumed).unwrap();
     assert_eq!(common::files(&run.join("stages/rm-combo")), stage1, "stage 2 and 3 leave stage 1 as it was");
 
-    let meta = rmroute::run::RunMeta::read(&run).unwrap();
+    let meta = rmroute::methods::manifest::RunMeta::read(&run).unwrap();
     let names: Vec<&str> = meta.parts.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         names,
@@ -146,9 +155,9 @@ fn experts_learn_their_points_and_the_aggregator_beats_each_of_them() {
         assert!(moved > 1e-4, "{aspect}: the expert's head never trained ({moved})");
     }
 
-    let scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
-    let tasks =
-        task_results(&scorer, &domain_test_sets(data.path(), &meta.domains, None, 0).unwrap()).unwrap().unwrap();
+    let mut scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
+    let sets = domain_test_sets(data.path(), &meta.domains, None, 0).unwrap();
+    let tasks = scorer.model.evaluate_more(&sets, scorer.run.as_ref()).unwrap().tasks.unwrap();
     let combo = &tasks["combo"];
     assert!(!combo.single_expert && tasks["plain"].single_expert);
     assert!(tasks["plain"].aggregator.is_none() && tasks["plain"].experts.is_empty());
@@ -169,10 +178,9 @@ fn experts_learn_their_points_and_the_aggregator_beats_each_of_them() {
     assert_eq!(routed.oracle["combo"].accuracy, aggregator, "the task's reward is the aggregator's");
 
     // The K-copies pass (each row repeated with a different expert per copy) equals K separate passes.
-    let Kind::Routed(routed) = &scorer.kind else { panic!("DMoERM loads as a routed scorer") };
-    let RoutedParts::Tasks { tasks, .. } = &routed.parts else { panic!("DMoERM loads its tasks") };
+    let Some(Dmoerm { tasks, .. }) = scorer.downcast_ref::<Dmoerm>() else { panic!("DMoERM loads its tasks") };
     let inner = &tasks["combo"];
-    let records = rmroute::eval::test_pairs(data.path(), "combo", Some(5), 1).unwrap();
+    let records = rmroute::results::eval::test_pairs(data.path(), "combo", Some(5), 1).unwrap();
     let pairs: Vec<(&str, &str)> = records.iter().map(|p| (p.prompt.as_str(), p.chosen.as_str())).collect();
     let batch = inner.model.encode(&pairs).unwrap();
     let together = inner.features(&batch, &Ctx::eval()).unwrap();
@@ -218,7 +226,7 @@ fn the_command_line_trains_evaluates_and_reports_a_single_task() {
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     assert!(output.status.success(), "{stderr}");
     // One task: nothing to route.
-    let meta = rmroute::run::RunMeta::read(&run).unwrap();
+    let meta = rmroute::methods::manifest::RunMeta::read(&run).unwrap();
     assert!(meta.parts.iter().all(|p| p.name != "router"));
     assert!(meta.aspect_pairs["combo"]["helpfulness"] >= 10, "{:?}", meta.aspect_pairs);
     // A LoRA stage 1 is merged into the task's reward model, on which the experts are trained.
@@ -271,7 +279,7 @@ fn tasks_named_in_the_records_cut_across_the_domain_folders() {
     let dm = cfg.dmoerm.as_mut().unwrap();
     (dm.expert.epochs, dm.aggregator.epochs, dm.router.epochs) = (Some(1), Some(2), Some(6));
     train_dmoerm(&cfg, candle_core::Device::Cpu, &quiet()).unwrap();
-    let meta = rmroute::run::RunMeta::read(&run).unwrap();
+    let meta = rmroute::methods::manifest::RunMeta::read(&run).unwrap();
     assert!(meta.routes_by_task);
     assert_eq!(meta.domains, ["combo", "plain"]);
     assert_eq!(meta.config.domains, ["first", "second"], "the data folders the tasks came from");
@@ -279,7 +287,7 @@ fn tasks_named_in_the_records_cut_across_the_domain_folders() {
 
     let (run_arg, data_arg) = (run.display().to_string(), data.display().to_string());
     let printed = common::stdout_ok(common::rmroute(&["eval", "--model", &run_arg, "--data", &data_arg]));
-    let results: rmroute::eval::Results =
+    let results: rmroute::results::eval::Results =
         serde_json::from_slice(&std::fs::read(run.join("results.json")).unwrap()).unwrap();
     assert_eq!(results.domains.keys().collect::<Vec<_>>(), ["combo", "plain"], "{printed}");
     assert_eq!((results.domains["combo"].pairs, results.domains["plain"].pairs), (20, 20));

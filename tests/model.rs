@@ -6,8 +6,8 @@ mod common;
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
-use rmroute::lora::{LoraConfig, TargetModules};
 use rmroute::model::{LoadOptions, RewardModel};
+use rmroute::nn::lora::{LoraConfig, TargetModules};
 use rmroute::nn::{Adapters, Ctx};
 use rmroute::train::loss::pairwise_loss;
 
@@ -460,7 +460,7 @@ fn adapter_files_with_tensors_or_options_rmroute_would_ignore_are_refused() {
 /// bf16 path really ran; with an adapter too.
 #[test]
 fn bf16_scoring_stays_near_f32() {
-    use rmroute::bf16::Precision;
+    use rmroute::nn::bf16::Precision;
     let near = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 0.05 * (1.0 + x.abs()));
     let bf16 = LoadOptions { precision: Precision::Bf16, ..Default::default() };
     let fixture = common::fixture("tiny-deberta-v3-rm");
@@ -496,7 +496,8 @@ fn bf16_scoring_stays_near_f32() {
 
 #[test]
 fn bf16_is_refused_for_training() {
-    let options = LoadOptions { precision: rmroute::bf16::Precision::Bf16, train_encoder: true, ..Default::default() };
+    let options =
+        LoadOptions { precision: rmroute::nn::bf16::Precision::Bf16, train_encoder: true, ..Default::default() };
     let err = RewardModel::load(&common::fixture("tiny-deberta-v3-rm"), &options).err().expect("loaded for training");
     assert!(err.to_string().contains("bf16 is a scoring mode"), "{err}");
 }

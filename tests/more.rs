@@ -10,15 +10,19 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rmroute::backbone::params::ParamStore;
-use rmroute::config::{Method, TrainConfig};
-use rmroute::eval::{accuracy_by_domain, domain_test_sets, expert_shares};
-use rmroute::load::{load_scorer, Kind, ScoreOptions};
-use rmroute::methods::more::train_more;
+use rmroute::heads::moe::{MoeHead, MoreConfig};
+use rmroute::methods::config::{Method, TrainConfig};
+use rmroute::methods::more::MoreModel;
+use rmroute::methods::{load as load_scorer, ScoreOptions};
 use rmroute::model::LoadOptions;
-use rmroute::moe::{MoeHead, MoreConfig};
+use rmroute::nn::params::ParamStore;
 use rmroute::nn::Ctx;
-use rmroute::train::trainer::RunOptions;
+use rmroute::results::eval::{accuracy_by_domain, domain_test_sets};
+use rmroute::train::stage::RunOptions;
+
+fn train_more(cfg: &TrainConfig, device: candle_core::Device, opts: &RunOptions) -> anyhow::Result<std::path::PathBuf> {
+    rmroute::methods::train(cfg, device, opts, None)
+}
 
 const H: usize = 6;
 const E: usize = 4;
@@ -243,20 +247,21 @@ fn more_learns_two_domains_and_loads_back_with_its_expert_shares() {
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("encoder/config.json")).unwrap()).unwrap();
     assert_eq!(config["architectures"][0], "BertModel");
-    let scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
-    assert!(matches!(scorer.kind, Kind::More(_)));
+    let mut scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
+    assert!(scorer.downcast_ref::<MoreModel>().is_some());
     let domains = ["alpha".to_string(), "beta".to_string()];
     let (by_domain, _) =
         accuracy_by_domain(&scorer, &domain_test_sets(data.path(), &domains, None, 0).unwrap()).unwrap();
     for d in &domains {
         assert!(by_domain[d].accuracy >= 0.95, "{d}: {}", by_domain[d].accuracy);
     }
-    let shares = expert_shares(&scorer, &domain_test_sets(data.path(), &domains, None, 0).unwrap()).unwrap().unwrap();
+    let sets = domain_test_sets(data.path(), &domains, None, 0).unwrap();
+    let shares = scorer.model.evaluate_more(&sets, None).unwrap().experts.unwrap();
     assert_eq!(shares.experts, 4);
     for row in shares.shares.values() {
         assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-4, "{row:?}");
     }
-    let meta = rmroute::run::RunMeta::read(&run).unwrap();
+    let meta = rmroute::methods::manifest::RunMeta::read(&run).unwrap();
     assert_eq!(meta.method, "more");
     assert!(meta.total_parameters > 0 && meta.trainable_parameters == meta.total_parameters);
 }
@@ -274,7 +279,7 @@ fn train_more_eval_and_report_from_the_command_line() {
     std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
     let (rmroute, ok) = (common::rmroute, common::stdout_ok);
     ok(rmroute(&["train-more", "--config", cfg_path.to_str().unwrap(), "--quiet"]));
-    let meta = rmroute::run::RunMeta::read(&run).unwrap();
+    let meta = rmroute::methods::manifest::RunMeta::read(&run).unwrap();
     assert_eq!(meta.config.more.unwrap().experts, Some(2), "experts default to the number of domains");
     let eval = ok(rmroute(&["eval", "--model", run.to_str().unwrap(), "--data", data.path().to_str().unwrap()]));
     assert!(eval.contains("Expert shares") && eval.contains("expert 1"), "{eval}");

@@ -6,15 +6,22 @@ mod common;
 
 use std::path::Path;
 
-use rmroute::config::{Method, TrainConfig};
 use rmroute::data::prepare::{prepare, PrepareOptions};
 use rmroute::data::read_pairs;
-use rmroute::eval::{accuracy_by_domain, domain_test_sets};
-use rmroute::load::{load_scorer, ScoreOptions};
-use rmroute::lora::{LoraConfig, TargetModules};
-use rmroute::methods::baseline::train_baseline;
+use rmroute::methods::config::{Method, TrainConfig};
+use rmroute::methods::{load as load_scorer, ScoreOptions};
 use rmroute::model::LoadOptions;
-use rmroute::train::trainer::RunOptions;
+use rmroute::nn::lora::{LoraConfig, TargetModules};
+use rmroute::results::eval::{accuracy_by_domain, domain_test_sets};
+use rmroute::train::stage::RunOptions;
+
+fn train_baseline(
+    cfg: &TrainConfig,
+    device: candle_core::Device,
+    opts: &RunOptions,
+) -> anyhow::Result<std::path::PathBuf> {
+    rmroute::methods::train(cfg, device, opts, None)
+}
 
 /// 96 OASST pairs from the shipped sample, as both the train and the test file (train-set accuracy).
 fn oasst_96(dir: &Path) {
@@ -96,8 +103,8 @@ fn minilm_lora_fits_96_real_oasst_pairs() {
 /// SPLADE-tiny reward model gave at most 0.0022 over 666 real test pairs; README, Performance.)
 #[test]
 fn bf16_scoring_of_real_pairs_stays_close_to_f32() {
-    use rmroute::bf16::Precision;
     use rmroute::model::RewardModel;
+    use rmroute::nn::bf16::Precision;
     use rmroute::nn::{Adapters, Ctx};
     let dir = tempfile::tempdir().unwrap();
     oasst_96(dir.path());

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use rmroute::eval::{DomainResult, ExpertResult, Results, TaskResults};
-use rmroute::plot::{accuracy_figure, curves_figure};
-use rmroute::report::{mean_std, read_results, tables, tasks_markdown, write_csv};
+use rmroute::results::eval::{DomainResult, ExpertResult, Results, TaskResults};
+use rmroute::results::plot::{accuracy_figure, curves_figure};
+use rmroute::results::report::{mean_std, read_results, tables, tasks_markdown, write_csv};
 
 fn results(method: &str, backbone: &str, seed: u64, hh: f64, oasst: f64, params: usize) -> Results {
     let mut domains = BTreeMap::new();
@@ -38,7 +38,7 @@ fn results(method: &str, backbone: &str, seed: u64, hh: f64, oasst: f64, params:
 fn results_scored_in_different_formats_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut bf16 = results("baseline", "minilm", 2, 0.6, 0.7, 1);
-    bf16.precision = rmroute::bf16::Precision::Bf16;
+    bf16.precision = rmroute::nn::bf16::Precision::Bf16;
     let mut paths = vec![];
     for (i, r) in [results("baseline", "minilm", 1, 0.6, 0.7, 1), bf16].iter().enumerate() {
         let path = dir.path().join(format!("results{i}.json"));
@@ -178,7 +178,7 @@ fn write_runs(dir: &std::path::Path, runs: &[Results]) -> Vec<String> {
 
 #[test]
 fn compare_passes_an_equal_table_names_a_moved_cell_and_refuses_a_missing_method() {
-    use rmroute::compare::{compare, expected_table};
+    use rmroute::results::compare::{compare, expected_table};
     let runs = [
         results("baseline", "minilm", 1, 0.60, 0.70, 22_000_000),
         results("baseline", "minilm", 2, 0.64, 0.72, 22_000_000),
@@ -221,7 +221,7 @@ fn compare_passes_an_equal_table_names_a_moved_cell_and_refuses_a_missing_method
     fewer[0].domains.get_mut("anthropic").unwrap().pairs = 60;
     let err = compare(&fewer, &expected).unwrap_err().to_string();
     assert!(err.contains("60 test pairs") && err.contains("not the same test set"), "{err}");
-    let empty = rmroute::compare::ExpectedTable { about: String::new(), k: 3.0, cells: vec![] };
+    let empty = rmroute::results::compare::ExpectedTable { about: String::new(), k: 3.0, cells: vec![] };
     assert!(compare(&runs, &empty).unwrap_err().to_string().contains("no cells"));
 
     let err = compare(&runs[..2], &expected).unwrap_err().to_string();

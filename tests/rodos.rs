@@ -8,13 +8,23 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rmroute::config::{Method, RodosConfig, RouterConfig, TrainConfig};
-use rmroute::eval::{domain_test_sets, routed_results};
-use rmroute::load::{load_scorer, Kind, ScoreOptions};
-use rmroute::methods::rodos::train_rodos;
+use rmroute::methods::config::{Method, RodosConfig, RouterConfig, TrainConfig};
+use rmroute::methods::rodos::Rodos;
+use rmroute::methods::{load as load_scorer, ScoreOptions};
 use rmroute::model::LoadOptions;
-use rmroute::train::objective::Balance;
-use rmroute::train::trainer::{RunOptions, StoppedEarly};
+use rmroute::results::eval::{domain_test_sets, routed_results};
+use rmroute::train::classification::Balance;
+use rmroute::train::stage::RunOptions;
+use rmroute::train::trainer::StoppedEarly;
+
+fn train_rodos(
+    cfg: &TrainConfig,
+    device: candle_core::Device,
+    opts: &RunOptions,
+    add_domain: Option<&str>,
+) -> anyhow::Result<std::path::PathBuf> {
+    rmroute::methods::train(cfg, device, opts, add_domain)
+}
 
 fn config(backbone: &Path, data: &Path, out: &Path) -> TrainConfig {
     TrainConfig {
@@ -57,13 +67,13 @@ fn the_router_learns_the_domains_and_routing_costs_nothing() {
         None,
     )
     .unwrap();
-    let meta = rmroute::run::RunMeta::read(&run).unwrap();
+    let meta = rmroute::methods::manifest::RunMeta::read(&run).unwrap();
     assert_eq!(meta.domains, ["alpha", "beta", "gamma"]);
     assert_eq!(meta.parts.len(), 4);
     assert_eq!(meta.total_parameters, meta.parts.iter().map(|p| p.total_parameters).sum::<usize>());
 
     let scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
-    assert!(matches!(scorer.kind, Kind::Routed(_)));
+    assert!(scorer.downcast_ref::<Rodos>().is_some() && scorer.is_routed());
     let results =
         routed_results(&scorer, &domain_test_sets(data.path(), &meta.domains, None, 0).unwrap()).unwrap().unwrap();
     assert!(results.router.accuracy >= 0.95, "router accuracy {}", results.router.accuracy);
@@ -75,7 +85,7 @@ fn the_router_learns_the_domains_and_routing_costs_nothing() {
     let total: usize = results.router.confusion.iter().flatten().sum();
     assert_eq!(total, 120);
     // Routing matters here: beta's pairs scored by alpha's model (opposite marker) come out wrong.
-    let beta = rmroute::eval::test_pairs(data.path(), "beta", None, 0).unwrap();
+    let beta = rmroute::results::eval::test_pairs(data.path(), "beta", None, 0).unwrap();
     let inputs: Vec<(&str, &str)> = beta.iter().map(|p| (p.prompt.as_str(), p.chosen.as_str())).collect();
     let rejected: Vec<(&str, &str)> = beta.iter().map(|p| (p.prompt.as_str(), p.rejected.as_str())).collect();
     let (c, r) = (scorer.score_as(&inputs, "alpha", 8).unwrap(), scorer.score_as(&rejected, "alpha", 8).unwrap());
@@ -84,17 +94,17 @@ fn the_router_learns_the_domains_and_routing_costs_nothing() {
 
     // Routed accuracy scores each pair with its own prompt's route, whatever order the batches are
     // cut in (shortest first): alpha's and beta's pairs mixed under one name, each checked one by one.
-    let mut mixed = rmroute::eval::test_pairs(data.path(), "alpha", None, 0).unwrap();
+    let mut mixed = rmroute::results::eval::test_pairs(data.path(), "alpha", None, 0).unwrap();
     mixed.extend(beta.iter().cloned());
-    let order = rmroute::bucket::pair_order(&mixed);
+    let order = rmroute::data::order::pair_order(&mixed);
     assert_ne!(order, (0..mixed.len()).collect::<Vec<_>>(), "the batches must be cut out of file order");
-    let sets: rmroute::eval::TestSets = [("alpha".to_string(), mixed.clone())].into_iter().collect();
+    let sets: rmroute::results::eval::TestSets = [("alpha".to_string(), mixed.clone())].into_iter().collect();
     let results = routed_results(&scorer, &sets).unwrap().unwrap();
-    let Kind::Routed(routed) = &scorer.kind else { unreachable!() };
+    let routed = scorer.router().unwrap();
     let one_by_one = mixed
         .iter()
         .filter(|p| {
-            let domain = routed.domains[routed.route(&[p.prompt.as_str()], 1).unwrap()[0]].clone();
+            let domain = routed.domains()[routed.route(&[p.prompt.as_str()], 1).unwrap()[0]].clone();
             let inputs = [(p.prompt.as_str(), p.chosen.as_str()), (p.prompt.as_str(), p.rejected.as_str())];
             let rewards = routed.score_in(&inputs, &[domain.clone(), domain], 2).unwrap();
             rewards[0] > rewards[1]
@@ -157,7 +167,7 @@ fn adding_a_domain_trains_only_its_model_and_the_router() {
     for (path, bytes) in &before {
         assert!(after.get(path) == Some(bytes), "{} changed", path.display());
     }
-    let meta = rmroute::run::RunMeta::read(&run).unwrap();
+    let meta = rmroute::methods::manifest::RunMeta::read(&run).unwrap();
     assert_eq!(meta.domains, ["alpha", "beta", "gamma"]);
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("stages/router-3/config.json")).unwrap()).unwrap();
@@ -239,7 +249,8 @@ fn train_rodos_eval_and_report_from_the_command_line() {
 #[test]
 fn class_weights_balance_the_domains_and_sampling_draws_them_evenly() {
     use rmroute::model::RewardModel;
-    use rmroute::train::objective::{DomainClassification, Objective};
+    use rmroute::train::classification::DomainClassification;
+    use rmroute::train::objective::Objective;
     let base = tempfile::tempdir().unwrap();
     common::write_tiny_bert(base.path(), 1, true, false);
     let labels3 = Some(vec!["a".to_string(), "b".to_string(), "c".to_string()]);

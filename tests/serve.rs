@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use rmroute::load::{load_scorer, ScoreOptions};
+use rmroute::methods::{load as load_scorer, ScoreOptions};
 use rmroute::model::LoadOptions;
 
 /// A server process and its address.
@@ -233,14 +233,14 @@ fn a_routed_run_names_each_items_domain_and_openrlhfs_client_reads_the_rewards()
     common::write_domain(data.path(), "code", 8, ("w5", "w6"), 32, 8, 1);
     common::write_domain(data.path(), "math", 21, ("w6", "w5"), 32, 8, 2);
     let run = out.path().join("run");
-    let lora = rmroute::lora::LoraConfig {
+    let lora = rmroute::nn::lora::LoraConfig {
         rank: 4,
         alpha: 16.0,
         dropout: 0.0,
-        target_modules: rmroute::lora::TargetModules::names(&["query", "value", "dense"]),
+        target_modules: rmroute::nn::lora::TargetModules::names(&["query", "value", "dense"]),
     };
-    let cfg = rmroute::config::TrainConfig {
-        method: rmroute::config::Method::Arliss,
+    let cfg = rmroute::methods::config::TrainConfig {
+        method: rmroute::methods::config::Method::Arliss,
         backbone: base.path().display().to_string(),
         data: data.path().to_path_buf(),
         out: run.clone(),
@@ -252,8 +252,8 @@ fn a_routed_run_names_each_items_domain_and_openrlhfs_client_reads_the_rewards()
         arliss: Some(Default::default()),
         ..Default::default()
     };
-    let quiet = rmroute::train::trainer::RunOptions { quiet: true, ..Default::default() };
-    rmroute::methods::arliss::train_arliss(&cfg, candle_core::Device::Cpu, &quiet, None).unwrap();
+    let quiet = rmroute::train::stage::RunOptions { quiet: true, ..Default::default() };
+    rmroute::methods::train(&cfg, candle_core::Device::Cpu, &quiet, None).unwrap();
     let server = Server::start(&run, &[]);
     let (status, info) = server.request("GET", "/info", b"");
     assert_eq!(status, 200);
@@ -263,7 +263,7 @@ fn a_routed_run_names_each_items_domain_and_openrlhfs_client_reads_the_rewards()
         (Some("arliss"), serde_json::json!(["code", "math"]))
     );
 
-    let test = rmroute::eval::test_pairs(data.path(), "math", Some(3), 0).unwrap();
+    let test = rmroute::results::eval::test_pairs(data.path(), "math", Some(3), 0).unwrap();
     let some: Vec<(String, String)> = test.iter().map(|p| (p.prompt.clone(), p.chosen.clone())).collect();
     let scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();
     let refs: Vec<(&str, &str)> = some.iter().map(|(p, r)| (p.as_str(), r.as_str())).collect();

@@ -7,15 +7,23 @@ use std::path::Path;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rmroute::config::{Method, TrainConfig};
-use rmroute::encoding::Truncation;
-use rmroute::eval::{accuracy_by_domain, domain_test_sets, test_pairs};
-use rmroute::load::{load_scorer, ScoreOptions};
-use rmroute::lora::{LoraConfig, TargetModules};
-use rmroute::methods::baseline::train_baseline;
+use rmroute::backbone::encoding::Truncation;
+use rmroute::methods::config::{Method, TrainConfig};
+use rmroute::methods::{load as load_scorer, ScoreOptions};
 use rmroute::model::{LoadOptions, RewardModel};
+use rmroute::nn::lora::{LoraConfig, TargetModules};
 use rmroute::nn::Adapters;
-use rmroute::train::trainer::{RunOptions, StoppedEarly};
+use rmroute::results::eval::{accuracy_by_domain, domain_test_sets, test_pairs};
+use rmroute::train::stage::RunOptions;
+use rmroute::train::trainer::StoppedEarly;
+
+fn train_baseline(
+    cfg: &TrainConfig,
+    device: candle_core::Device,
+    opts: &RunOptions,
+) -> anyhow::Result<std::path::PathBuf> {
+    rmroute::methods::train(cfg, device, opts, None)
+}
 
 /// A preference task with a known answer: the chosen response contains the marker `w5`, the rejected
 /// one `w6` in its place; everything else is random words.
@@ -84,7 +92,7 @@ fn baseline_learns_the_marker_task() {
     let run = train_baseline(&cfg, candle_core::Device::Cpu, &quiet()).unwrap();
     let accuracy = test_accuracy(&run, data.path());
     assert!(accuracy >= 0.95, "test accuracy {accuracy}");
-    let meta = rmroute::run::RunMeta::read(&run).unwrap();
+    let meta = rmroute::methods::manifest::RunMeta::read(&run).unwrap();
     assert_eq!((meta.method.as_str(), meta.steps, meta.epoch_seconds.len()), ("baseline", 60, 6));
 }
 
@@ -131,7 +139,7 @@ fn baselora_learns_the_marker_task_and_its_run_directory_is_the_merged_model() {
 
     // The run directory is the merged model, so transformers loads what rmroute scores; the adapter
     // on the untouched backbone gives the same rewards.
-    let meta = rmroute::run::RunMeta::read(&run).unwrap();
+    let meta = rmroute::methods::manifest::RunMeta::read(&run).unwrap();
     assert!(meta.model.contains("merged"), "{}", meta.model);
     assert!(meta.adapters.contains_key("default"));
     let merged = RewardModel::load(&run, &LoadOptions::default()).unwrap();
@@ -256,7 +264,7 @@ fn the_truncation_used_in_training_is_recorded_and_used_for_scoring() {
     let mut cfg = config(base.path(), data.path(), &out.path().join("run"));
     (cfg.epochs, cfg.max_length, cfg.truncation) = (1, 12, Truncation::KeepPromptEnd);
     let run = train_baseline(&cfg, candle_core::Device::Cpu, &quiet()).unwrap();
-    let meta = rmroute::run::RunMeta::read(&run).unwrap();
+    let meta = rmroute::methods::manifest::RunMeta::read(&run).unwrap();
     assert_eq!(meta.config.truncation, Truncation::KeepPromptEnd);
     assert!(meta.truncated_pairs > 0, "prompts of 4 words and responses of 6 overflow 12 tokens");
     let scorer = load_scorer(&run, &LoadOptions::default(), &ScoreOptions::default()).unwrap();

@@ -7,8 +7,8 @@ mod common;
 
 use std::path::PathBuf;
 
+use rmroute::backbone::encoding::{PairEncoder, Truncation};
 use rmroute::backbone::tokenizer::load_tokenizer;
-use rmroute::encoding::{PairEncoder, Truncation};
 
 fn tokenizer_dir(name: &str) -> PathBuf {
     match name {

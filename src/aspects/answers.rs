@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{consistent_label, Order, Verdict};
-use crate::data::io::read_lines;
+use crate::data::lines::read_lines;
 
 /// One line of the answer log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -15,9 +15,10 @@ use super::{
     parse_verdict, question_hash, question_messages, request_body, Aspect, AspectCounts, LabelSummary, Order,
     PairOutcome, UnansweredQuestion, Verdict,
 };
-use crate::data::io::{read_lines, write_atomic, write_atomic_with};
+use crate::data::domains::resolve_domains;
+use crate::data::lines::read_lines;
 use crate::data::{read_pairs, PairRecord};
-use crate::train::trainer::resolve_domains;
+use crate::io::{write_atomic, write_atomic_with};
 
 /// The answer log's name inside each domain folder.
 pub const ANSWERS_FILE: &str = "aspect-answers.jsonl";
@@ -106,12 +107,80 @@ fn messages_for(record: &PairRecord, aspect: &Aspect, order: Order) -> [String; 
 
 pub fn label_aspects(opts: &LabelOptions, client: &ChatClient) -> Result<RunReport> {
     let domains = resolve_domains(&opts.data, &opts.domains)?;
-    let n_aspects = opts.aspects.len();
-    let mut logs = Vec::new();
-    let mut data = Vec::new();
-    let mut state = Vec::new();
-    let mut jobs = Vec::new();
     let mut report = RunReport::default();
+    let Questions { logs, data, state, jobs } = read_questions(opts, &domains, &mut report)?;
+    report.questions = report.reused + jobs.len();
+    for (s, split) in state.iter().enumerate() {
+        if split.pending == 0 && rewrite_split(&data[s], &split.answers, &opts.aspects)? {
+            report.rewritten.push(data[s].path.clone());
+        }
+    }
+
+    let bar = if opts.quiet { ProgressBar::hidden() } else { ProgressBar::new(report.questions as u64) };
+    bar.set_style(ProgressStyle::with_template(
+        "asking {bar:30} {pos}/{len} questions [{elapsed_precise}<{eta_precise}] {msg}",
+    )?);
+    bar.set_position(report.reused as u64);
+    let stop = AtomicBool::new(false);
+    let next = AtomicUsize::new(0);
+    let mut run = Answers {
+        opts,
+        client,
+        jobs: &jobs,
+        data: &data,
+        logs,
+        state,
+        report,
+        bar: &bar,
+        stop: &stop,
+        error: None,
+        failed_in_a_row: 0,
+        unanswered: Vec::new(),
+    };
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel();
+        for _ in 0..opts.concurrency.max(1).min(jobs.len()) {
+            let tx = tx.clone();
+            let (jobs, data, stop, next) = (&jobs, &data, &stop, &next);
+            scope.spawn(move || worker(jobs, data, opts, client, next, stop, tx));
+        }
+        drop(tx);
+        for event in rx {
+            run.take(event);
+        }
+    });
+    bar.finish_and_clear();
+    let Answers { state, mut report, error, unanswered, .. } = run;
+    if let Some(e) = error {
+        bail!(
+            "{e:#}\n(the answers obtained so far are kept in {}/<domain>/{ANSWERS_FILE}; the same command asks only \
+             the questions left)",
+            opts.data.display()
+        );
+    }
+
+    report.summary = summarise(opts, &domains, &data, &state);
+    report.summary.unanswered = unanswered;
+    report.summary_path = opts.data.join(SUMMARY_FILE);
+    let mut json = serde_json::to_vec_pretty(&report.summary)?;
+    json.push(b'\n');
+    write_atomic(&report.summary_path, &json).with_context(|| format!("writing {}", report.summary_path.display()))?;
+    Ok(report)
+}
+
+/// Every split to label, its answers from earlier runs, and the questions left to ask.
+struct Questions {
+    /// Each domain's answer log.
+    logs: Vec<AnswerLog>,
+    data: Vec<SplitData>,
+    state: Vec<SplitAnswers>,
+    jobs: Vec<Job>,
+}
+
+/// Reads every split of `domains` and its answer log; counts the answers reused in `report`.
+fn read_questions(opts: &LabelOptions, domains: &[String], report: &mut RunReport) -> Result<Questions> {
+    let n_aspects = opts.aspects.len();
+    let mut questions = Questions { logs: Vec::new(), data: Vec::new(), state: Vec::new(), jobs: Vec::new() };
     for (d, domain) in domains.iter().enumerate() {
         let (log, stored) = AnswerLog::open(&opts.data.join(domain).join(ANSWERS_FILE), &opts.model)?;
         if stored.skipped_partial_line {
@@ -145,168 +214,151 @@ pub fn label_aspects(opts: &LabelOptions, client: &ChatClient) -> Result<RunRepo
                                 report.reused += 1;
                             }
                             None => {
-                                jobs.push(Job {
-                                    split: data.len(),
-                                    record: r,
-                                    aspect: a,
-                                    order,
-                                    question: key.question,
-                                });
+                                let split = questions.data.len();
+                                questions.jobs.push(Job { split, record: r, aspect: a, order, question: key.question });
                                 pending += 1;
                             }
                         }
                     }
                 }
             }
-            data.push(SplitData { domain: d, name: name.clone(), path, records });
-            state.push(SplitAnswers { answers, pending });
+            questions.data.push(SplitData { domain: d, name: name.clone(), path, records });
+            questions.state.push(SplitAnswers { answers, pending });
         }
-        logs.push(log);
+        questions.logs.push(log);
     }
-    report.questions = report.reused + jobs.len();
+    Ok(questions)
+}
 
-    for (s, split) in state.iter().enumerate() {
-        if split.pending == 0 && rewrite_split(&data[s], &split.answers, &opts.aspects)? {
-            report.rewritten.push(data[s].path.clone());
-        }
+/// The answers as the workers report them: logged, counted, and each split rewritten once its last
+/// question is done; the first error stops the workers.
+struct Answers<'a> {
+    opts: &'a LabelOptions,
+    client: &'a ChatClient,
+    jobs: &'a [Job],
+    data: &'a [SplitData],
+    logs: Vec<AnswerLog>,
+    state: Vec<SplitAnswers>,
+    report: RunReport,
+    bar: &'a ProgressBar,
+    stop: &'a AtomicBool,
+    error: Option<anyhow::Error>,
+    failed_in_a_row: usize,
+    unanswered: Vec<UnansweredQuestion>,
+}
+
+impl Answers<'_> {
+    fn fail(&mut self, e: anyhow::Error) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.error.get_or_insert(e);
     }
 
-    let bar = if opts.quiet { ProgressBar::hidden() } else { ProgressBar::new(report.questions as u64) };
-    bar.set_style(ProgressStyle::with_template(
-        "asking {bar:30} {pos}/{len} questions [{elapsed_precise}<{eta_precise}] {msg}",
-    )?);
-    bar.set_position(report.reused as u64);
-    let stop = AtomicBool::new(false);
-    let next = AtomicUsize::new(0);
-    let mut error: Option<anyhow::Error> = None;
-    let mut failed_in_a_row = 0;
-    let mut unanswered = Vec::new();
-    std::thread::scope(|scope| {
-        let (tx, rx) = mpsc::channel();
-        for _ in 0..opts.concurrency.max(1).min(jobs.len()) {
-            let tx = tx.clone();
-            let (jobs, data, stop, next) = (&jobs, &data, &stop, &next);
-            scope.spawn(move || worker(jobs, data, opts, client, next, stop, tx));
-        }
-        drop(tx);
-        let fail = |error: &mut Option<anyhow::Error>, e: anyhow::Error| {
-            stop.store(true, Ordering::Relaxed);
-            error.get_or_insert(e);
+    /// One worker's event.
+    fn take(&mut self, event: Event) {
+        let job = match event {
+            Event::Retry(failure) => {
+                *self.report.retries.entry(failure.kind()).or_default() += 1;
+                self.bar.set_message(format!("{} retried", self.report.retries.values().sum::<usize>()));
+                return;
+            }
+            Event::Fatal(e) => return self.fail(e.into()),
+            Event::Answered { job, verdict, reply } => {
+                if let Err(e) = self.answered(job, verdict, reply) {
+                    return self.fail(e);
+                }
+                job
+            }
+            Event::Unanswered { job, failure } => {
+                if let Some(e) = self.unanswered(job, failure) {
+                    self.fail(e);
+                }
+                job
+            }
         };
-        for event in rx {
-            let job = match event {
-                Event::Retry(failure) => {
-                    *report.retries.entry(failure.kind()).or_default() += 1;
-                    bar.set_message(format!("{} retried", report.retries.values().sum::<usize>()));
-                    continue;
-                }
-                Event::Fatal(e) => {
-                    fail(&mut error, e.into());
-                    continue;
-                }
-                Event::Answered { job, verdict, reply } => {
-                    let j = &jobs[job];
-                    let split = &data[j.split];
-                    let record = AnswerRecord {
-                        split: split.name.clone(),
-                        id: split.records[j.record].id.clone(),
-                        aspect: opts.aspects[j.aspect].name.clone(),
-                        order: j.order,
-                        model: opts.model.clone(),
-                        question: j.question.clone(),
-                        answer: verdict,
-                        reply,
-                    };
-                    if let Err(e) = logs[split.domain].append(&record) {
-                        fail(&mut error, e.into());
-                        continue;
-                    }
-                    state[j.split].answers[j.record * n_aspects + j.aspect][j.order.index()] = Some(verdict);
-                    report.asked += 1;
-                    failed_in_a_row = 0;
-                    j
-                }
-                Event::Unanswered { job, failure } => {
-                    let j = &jobs[job];
-                    let split = &data[j.split];
-                    report.unanswered += 1;
-                    if report.unanswered <= SHOWN_UNANSWERED {
-                        bar.suspend(|| {
-                            eprintln!(
-                                "unanswered ({failure}): {} `{}`, {}, {}{}",
-                                split.path.display(),
-                                split.records[j.record].id,
-                                opts.aspects[j.aspect].name,
-                                j.order,
-                                if report.unanswered == SHOWN_UNANSWERED { " (further ones only counted)" } else { "" }
-                            )
-                        });
-                    }
-                    unanswered.push(UnansweredQuestion {
-                        file: split.path.clone(),
-                        id: split.records[j.record].id.clone(),
-                        aspect: opts.aspects[j.aspect].name.clone(),
-                        order: j.order,
-                        reason: failure.to_string(),
-                    });
-                    failed_in_a_row += 1;
-                    let limit = MAX_FAILED_IN_A_ROW.max(2 * opts.concurrency);
-                    let e = if failure.is_transport() {
-                        (failed_in_a_row >= limit).then(|| {
-                            anyhow!(
-                                "{failed_in_a_row} questions in a row failed every retry (last: {failure}); is the \
-                                 server at {} up?",
-                                client.url()
-                            )
-                        })
-                    } else if failed_in_a_row < limit * 2 * n_aspects || report.reused + report.asked > 0 {
-                        None
-                    } else if let Failure::Refused { .. } = failure {
-                        Some(anyhow!(
-                            "{failed_in_a_row} questions in a row were refused and none was ever answered (last: \
-                             {failure}): the server takes no request of this form; check --model, and \
-                             --max-tokens (0 leaves the field out)"
-                        ))
-                    } else {
-                        Some(anyhow!(
-                            "{failed_in_a_row} questions in a row got no usable answer and none was ever answered \
-                             (last: {failure}); a thinking model needs a larger --max-tokens (or 0 for no limit)"
-                        ))
-                    };
-                    if let Some(e) = e {
-                        fail(&mut error, e);
-                    }
-                    j
-                }
-            };
-            bar.inc(1);
-            let split = &mut state[job.split];
-            split.pending -= 1;
-            if split.pending == 0 {
-                match rewrite_split(&data[job.split], &split.answers, &opts.aspects) {
-                    Ok(true) => report.rewritten.push(data[job.split].path.clone()),
-                    Ok(false) => {}
-                    Err(e) => fail(&mut error, e),
-                }
+        self.bar.inc(1);
+        let j = &self.jobs[job];
+        let split = &mut self.state[j.split];
+        split.pending -= 1;
+        if split.pending == 0 {
+            match rewrite_split(&self.data[j.split], &split.answers, &self.opts.aspects) {
+                Ok(true) => self.report.rewritten.push(self.data[j.split].path.clone()),
+                Ok(false) => {}
+                Err(e) => self.fail(e),
             }
         }
-    });
-    bar.finish_and_clear();
-    if let Some(e) = error {
-        bail!(
-            "{e:#}\n(the answers obtained so far are kept in {}/<domain>/{ANSWERS_FILE}; the same command asks only \
-             the questions left)",
-            opts.data.display()
-        );
     }
 
-    report.summary = summarise(opts, &domains, &data, &state);
-    report.summary.unanswered = unanswered;
-    report.summary_path = opts.data.join(SUMMARY_FILE);
-    let mut json = serde_json::to_vec_pretty(&report.summary)?;
-    json.push(b'\n');
-    write_atomic(&report.summary_path, &json).with_context(|| format!("writing {}", report.summary_path.display()))?;
-    Ok(report)
+    /// Logs an answer and keeps its verdict.
+    fn answered(&mut self, job: usize, verdict: Verdict, reply: String) -> Result<()> {
+        let (opts, j) = (self.opts, &self.jobs[job]);
+        let split = &self.data[j.split];
+        let record = AnswerRecord {
+            split: split.name.clone(),
+            id: split.records[j.record].id.clone(),
+            aspect: opts.aspects[j.aspect].name.clone(),
+            order: j.order,
+            model: opts.model.clone(),
+            question: j.question.clone(),
+            answer: verdict,
+            reply,
+        };
+        self.logs[split.domain].append(&record)?;
+        self.state[j.split].answers[j.record * opts.aspects.len() + j.aspect][j.order.index()] = Some(verdict);
+        self.report.asked += 1;
+        self.failed_in_a_row = 0;
+        Ok(())
+    }
+
+    /// Counts a question left unanswered (named on stderr for the first few); an error when failures in
+    /// a row say the server is down or takes no request of this form.
+    fn unanswered(&mut self, job: usize, failure: Failure) -> Option<anyhow::Error> {
+        let (opts, j) = (self.opts, &self.jobs[job]);
+        let split = &self.data[j.split];
+        self.report.unanswered += 1;
+        let count = self.report.unanswered;
+        if count <= SHOWN_UNANSWERED {
+            self.bar.suspend(|| {
+                eprintln!(
+                    "unanswered ({failure}): {} `{}`, {}, {}{}",
+                    split.path.display(),
+                    split.records[j.record].id,
+                    opts.aspects[j.aspect].name,
+                    j.order,
+                    if count == SHOWN_UNANSWERED { " (further ones only counted)" } else { "" }
+                )
+            });
+        }
+        self.unanswered.push(UnansweredQuestion {
+            file: split.path.clone(),
+            id: split.records[j.record].id.clone(),
+            aspect: opts.aspects[j.aspect].name.clone(),
+            order: j.order,
+            reason: failure.to_string(),
+        });
+        self.failed_in_a_row += 1;
+        let failed_in_a_row = self.failed_in_a_row;
+        let limit = MAX_FAILED_IN_A_ROW.max(2 * opts.concurrency);
+        if failure.is_transport() {
+            (failed_in_a_row >= limit).then(|| {
+                anyhow!(
+                    "{failed_in_a_row} questions in a row failed every retry (last: {failure}); is the server at {} up?",
+                    self.client.url()
+                )
+            })
+        } else if failed_in_a_row < limit * 2 * opts.aspects.len() || self.report.reused + self.report.asked > 0 {
+            None
+        } else if let Failure::Refused { .. } = failure {
+            Some(anyhow!(
+                "{failed_in_a_row} questions in a row were refused and none was ever answered (last: {failure}): the \
+                 server takes no request of this form; check --model, and --max-tokens (0 leaves the field out)"
+            ))
+        } else {
+            Some(anyhow!(
+                "{failed_in_a_row} questions in a row got no usable answer and none was ever answered (last: \
+                 {failure}); a thinking model needs a larger --max-tokens (or 0 for no limit)"
+            ))
+        }
+    }
 }
 
 fn worker(

@@ -1,14 +1,61 @@
-//! BERT encoder (BERT, MiniLM) with LoRA-capable projections, in Hugging Face's key layout
-//! (`bert.embeddings.*`, `bert.encoder.layer.N.attention.self.query`, …).
-//! Port of transformers' `modeling_bert.py` (eager attention, absolute positions).
+//! BERT encoder (BERT, MiniLM) with LoRA-capable projections, one struct per module of transformers'
+//! `modeling_bert.py` (eager attention, absolute positions), so each struct's path is its key path:
+//! `bert.embeddings.*`, `bert.encoder.layer.N.attention.self.query`, `….attention.output.dense`,
+//! `….intermediate.dense`, `….output.dense`.
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use crate::attention_softmax::attention_probs;
-use crate::lora::LoraLinear;
+use super::{Checkpoint, Encoder, EncoderConfig, Family, HeadLayout};
+use crate::nn::attention::attention_probs;
+use crate::nn::lora::LoraLinear;
 use crate::nn::{activation, Ctx, LayerNorm};
+
+/// The BERT family (`model_type: bert`).
+pub const FAMILY: Family = Family {
+    model_type: "bert",
+    prefix: "bert",
+    bare_modules: &["embeddings", "encoder", "pooler"],
+    classifier_class: "BertForSequenceClassification",
+    base_class: "BertModel",
+    config: read_config,
+};
+
+fn read_config(checkpoint: &Checkpoint) -> anyhow::Result<Box<dyn EncoderConfig>> {
+    let config: BertConfig = checkpoint.parse_config()?;
+    let (h, heads) = (config.hidden_size, config.num_attention_heads);
+    super::checkpoint::check_shape(h, heads, None, config.num_hidden_layers, config.vocab_size)
+        .map_err(|e| checkpoint.config_error(e))?;
+    Ok(Box::new(config))
+}
+
+impl EncoderConfig for BertConfig {
+    fn head(&self) -> HeadLayout {
+        HeadLayout {
+            pooler_key: "bert.pooler.dense".into(),
+            pooler_in: self.hidden_size,
+            pooler_out: self.hidden_size,
+            pooler_activation: "tanh".into(),
+            pooler_dropout: 0.0,
+            classifier_key: "classifier".into(),
+            classifier_dropout: self.classifier_dropout.unwrap_or(self.hidden_dropout_prob),
+            init_std: self.initializer_range,
+        }
+    }
+
+    fn max_positions(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Encoder>> {
+        Ok(Box::new(Bert::load(vb, self)?))
+    }
+}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BertConfig {
@@ -46,22 +93,173 @@ fn default_eps() -> f64 {
     1e-12
 }
 
-struct BertLayer {
-    query: LoraLinear,
-    key: LoraLinear,
-    value: LoraLinear,
-    attention_output: LoraLinear,
-    attention_norm: LayerNorm,
-    intermediate: LoraLinear,
-    output: LoraLinear,
-    output_norm: LayerNorm,
-}
-
-pub struct Bert {
+/// `BertEmbeddings`: word, position and token-type embeddings, summed and normalised.
+struct BertEmbeddings {
     word_embeddings: Tensor,
     position_embeddings: Tensor,
     token_type_embeddings: Tensor,
-    embedding_norm: LayerNorm,
+    layer_norm: LayerNorm,
+    dropout: f32,
+}
+
+impl BertEmbeddings {
+    fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+        let h = config.hidden_size;
+        let embedding = |name: &str, n: usize| vb.pp(name).get((n, h), "weight");
+        Ok(Self {
+            word_embeddings: embedding("word_embeddings", config.vocab_size)?,
+            position_embeddings: embedding("position_embeddings", config.max_position_embeddings)?,
+            token_type_embeddings: embedding("token_type_embeddings", config.type_vocab_size.max(1))?,
+            layer_norm: LayerNorm::load(vb.pp("LayerNorm"), h, config.layer_norm_eps)?,
+            dropout: config.hidden_dropout_prob,
+        })
+    }
+
+    fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let (batch, seq) = input_ids.dims2()?;
+        let h = self.word_embeddings.dim(1)?;
+        let lookup =
+            |table: &Tensor, ids: &Tensor| table.index_select(&ids.flatten_all()?, 0)?.reshape((batch, seq, h));
+        let positions = Tensor::arange(0u32, seq as u32, input_ids.device())?;
+        let embeddings = lookup(&self.word_embeddings, input_ids)?
+            .add(&lookup(&self.token_type_embeddings, token_type_ids)?)?
+            .broadcast_add(&self.position_embeddings.index_select(&positions, 0)?)?;
+        ctx.dropout(&self.layer_norm.forward(&embeddings)?, self.dropout)
+    }
+}
+
+/// `BertSelfAttention`: the query, key and value projections and scaled dot-product attention.
+struct BertSelfAttention {
+    query: LoraLinear,
+    key: LoraLinear,
+    value: LoraLinear,
+    heads: usize,
+    dropout: f32,
+}
+
+impl BertSelfAttention {
+    fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+        let h = config.hidden_size;
+        Ok(Self {
+            query: LoraLinear::load(vb.pp("query"), h, h, true)?,
+            key: LoraLinear::load(vb.pp("key"), h, h, true)?,
+            value: LoraLinear::load(vb.pp("value"), h, h, true)?,
+            heads: config.num_attention_heads,
+            dropout: config.attention_probs_dropout_prob,
+        })
+    }
+
+    /// The attention's context `(batch, seq, hidden)`; `keep` is `(batch, 1, 1, seq)`.
+    fn forward(&self, x: &Tensor, keep: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let (batch, seq, h) = x.dims3()?;
+        let head_dim = h / self.heads;
+        let split = |t: Tensor| t.reshape((batch, seq, self.heads, head_dim))?.transpose(1, 2)?.contiguous();
+        let q = split(self.query.forward(x, ctx)?)?;
+        let k = split(self.key.forward(x, ctx)?)?;
+        let v = split(self.value.forward(x, ctx)?)?;
+        let scores = q.matmul(&k.t()?)?;
+        let scale = (head_dim as f64).sqrt();
+        let probs = attention_probs(&scores, keep, scale, self.dropout, ctx)?;
+        probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq, h))
+    }
+}
+
+/// `BertSelfOutput` and `BertOutput`: a projection, dropout, then layer norm over the residual.
+struct BertOutput {
+    dense: LoraLinear,
+    layer_norm: LayerNorm,
+    dropout: f32,
+}
+
+impl BertOutput {
+    fn load(vb: VarBuilder, in_dim: usize, config: &BertConfig) -> Result<Self> {
+        let h = config.hidden_size;
+        Ok(Self {
+            dense: LoraLinear::load(vb.pp("dense"), in_dim, h, true)?,
+            layer_norm: LayerNorm::load(vb.pp("LayerNorm"), h, config.layer_norm_eps)?,
+            dropout: config.hidden_dropout_prob,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, residual: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let out = ctx.dropout(&self.dense.forward(x, ctx)?, self.dropout)?;
+        self.layer_norm.forward(&(out + residual)?)
+    }
+}
+
+/// `BertAttention`: self-attention and its output.
+struct BertAttention {
+    self_attention: BertSelfAttention,
+    output: BertOutput,
+}
+
+/// `BertIntermediate`: the feed-forward's first projection and its activation.
+struct BertIntermediate {
+    dense: LoraLinear,
+    activation: String,
+}
+
+/// `BertLayer`: attention, then the feed-forward network.
+struct BertLayer {
+    attention: BertAttention,
+    intermediate: BertIntermediate,
+    output: BertOutput,
+}
+
+impl BertLayer {
+    fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+        let (h, inter) = (config.hidden_size, config.intermediate_size);
+        let att = vb.pp("attention");
+        Ok(Self {
+            attention: BertAttention {
+                self_attention: BertSelfAttention::load(att.pp("self"), config)?,
+                output: BertOutput::load(att.pp("output"), h, config)?,
+            },
+            intermediate: BertIntermediate {
+                dense: LoraLinear::load(vb.pp("intermediate.dense"), h, inter, true)?,
+                activation: config.hidden_act.clone(),
+            },
+            output: BertOutput::load(vb.pp("output"), inter, config)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, keep: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let context = self.attention.self_attention.forward(x, keep, ctx)?;
+        let attended = self.attention.output.forward(&context, x, ctx)?;
+        let inner = activation(&self.intermediate.activation, &self.intermediate.dense.forward(&attended, ctx)?)?;
+        self.output.forward(&inner, &attended, ctx)
+    }
+
+    fn lora_linears(&self) -> [&LoraLinear; 6] {
+        let a = &self.attention;
+        [
+            &a.self_attention.query,
+            &a.self_attention.key,
+            &a.self_attention.value,
+            &a.output.dense,
+            &self.intermediate.dense,
+            &self.output.dense,
+        ]
+    }
+
+    fn lora_linears_mut(&mut self) -> [&mut LoraLinear; 6] {
+        let a = &mut self.attention;
+        let s = &mut a.self_attention;
+        [
+            &mut s.query,
+            &mut s.key,
+            &mut s.value,
+            &mut a.output.dense,
+            &mut self.intermediate.dense,
+            &mut self.output.dense,
+        ]
+    }
+}
+
+/// `BertModel` without its pooler (the pooler belongs to the reward head).
+pub struct Bert {
+    embeddings: BertEmbeddings,
+    /// `encoder.layer`.
     layers: Vec<BertLayer>,
     pub config: BertConfig,
 }
@@ -72,51 +270,18 @@ impl Bert {
         if let Some(kind) = config.position_embedding_type.as_deref().filter(|k| *k != "absolute") {
             candle_core::bail!("position_embedding_type `{kind}` is not supported (only `absolute`)");
         }
-        let h = config.hidden_size;
-        let emb = vb.pp("embeddings");
-        let embedding = |name: &str, n: usize| emb.pp(name).get((n, h), "weight");
-        let layer = |i: usize| -> Result<BertLayer> {
-            let vb = vb.pp(format!("encoder.layer.{i}"));
-            let att = vb.pp("attention");
-            Ok(BertLayer {
-                query: LoraLinear::load(att.pp("self.query"), h, h, true)?,
-                key: LoraLinear::load(att.pp("self.key"), h, h, true)?,
-                value: LoraLinear::load(att.pp("self.value"), h, h, true)?,
-                attention_output: LoraLinear::load(att.pp("output.dense"), h, h, true)?,
-                attention_norm: LayerNorm::load(att.pp("output.LayerNorm"), h, config.layer_norm_eps)?,
-                intermediate: LoraLinear::load(vb.pp("intermediate.dense"), h, config.intermediate_size, true)?,
-                output: LoraLinear::load(vb.pp("output.dense"), config.intermediate_size, h, true)?,
-                output_norm: LayerNorm::load(vb.pp("output.LayerNorm"), h, config.layer_norm_eps)?,
-            })
-        };
         Ok(Self {
-            word_embeddings: embedding("word_embeddings", config.vocab_size)?,
-            position_embeddings: embedding("position_embeddings", config.max_position_embeddings)?,
-            token_type_embeddings: embedding("token_type_embeddings", config.type_vocab_size.max(1))?,
-            embedding_norm: LayerNorm::load(emb.pp("LayerNorm"), h, config.layer_norm_eps)?,
-            layers: (0..config.num_hidden_layers).map(layer).collect::<Result<_>>()?,
+            embeddings: BertEmbeddings::load(vb.pp("embeddings"), config)?,
+            layers: (0..config.num_hidden_layers)
+                .map(|i| BertLayer::load(vb.pp(format!("encoder.layer.{i}")), config))
+                .collect::<Result<_>>()?,
             config: config.clone(),
         })
     }
+}
 
-    pub fn lora_linears_mut(&mut self) -> Vec<&mut LoraLinear> {
-        self.layers
-            .iter_mut()
-            .flat_map(|l| {
-                [&mut l.query, &mut l.key, &mut l.value, &mut l.attention_output, &mut l.intermediate, &mut l.output]
-            })
-            .collect()
-    }
-
-    pub fn lora_linears(&self) -> Vec<&LoraLinear> {
-        self.layers
-            .iter()
-            .flat_map(|l| [&l.query, &l.key, &l.value, &l.attention_output, &l.intermediate, &l.output])
-            .collect()
-    }
-
-    /// The last hidden states `(batch, seq, hidden)`; `attention_mask` is 1 for tokens, 0 for padding.
-    pub fn forward(
+impl Encoder for Bert {
+    fn forward(
         &self,
         input_ids: &Tensor,
         token_type_ids: &Tensor,
@@ -124,45 +289,20 @@ impl Bert {
         ctx: &Ctx,
     ) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
-        let h = self.config.hidden_size;
-        let lookup =
-            |table: &Tensor, ids: &Tensor| table.index_select(&ids.flatten_all()?, 0)?.reshape((batch, seq, h));
-        let positions = Tensor::arange(0u32, seq as u32, input_ids.device())?;
-        let embeddings = lookup(&self.word_embeddings, input_ids)?
-            .add(&lookup(&self.token_type_embeddings, token_type_ids)?)?
-            .broadcast_add(&self.position_embeddings.index_select(&positions, 0)?)?;
-        let mut hidden = ctx.dropout(&self.embedding_norm.forward(&embeddings)?, self.config.hidden_dropout_prob)?;
+        let mut hidden = self.embeddings.forward(input_ids, token_type_ids, ctx)?;
         // (batch, 1, 1, seq): which keys each query may attend to.
         let keep = attention_mask.to_dtype(DType::U8)?.reshape((batch, 1, 1, seq))?;
         for layer in &self.layers {
-            hidden = self.layer_forward(layer, &hidden, &keep, ctx)?;
+            hidden = layer.forward(&hidden, &keep, ctx)?;
         }
         Ok(hidden)
     }
 
-    fn layer_forward(&self, layer: &BertLayer, x: &Tensor, keep: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let (batch, seq, h) = x.dims3()?;
-        let heads = self.config.num_attention_heads;
-        let head_dim = h / heads;
-        let split = |t: Tensor| t.reshape((batch, seq, heads, head_dim))?.transpose(1, 2)?.contiguous();
-        let q = split(layer.query.forward(x, ctx)?)?;
-        let k = split(layer.key.forward(x, ctx)?)?;
-        let v = split(layer.value.forward(x, ctx)?)?;
-        let scores = q.matmul(&k.t()?)?;
-        let scale = (head_dim as f64).sqrt();
-        let probs = attention_probs(&scores, keep, scale, self.config.attention_probs_dropout_prob, ctx)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((batch, seq, h))?;
-        let attended = ctx.dropout(&layer.attention_output.forward(&context, ctx)?, self.config.hidden_dropout_prob)?;
-        let attended = layer.attention_norm.forward(&(attended + x)?)?;
-        let inner = activation(&self.config.hidden_act, &layer.intermediate.forward(&attended, ctx)?)?;
-        let out = ctx.dropout(&layer.output.forward(&inner, ctx)?, self.config.hidden_dropout_prob)?;
-        layer.output_norm.forward(&(out + attended)?)
+    fn lora_linears(&self) -> Vec<&LoraLinear> {
+        self.layers.iter().flat_map(BertLayer::lora_linears).collect()
     }
-}
 
-/// Scores where `keep` is 0 become the dtype's lowest value, as transformers masks attention.
-pub fn masked_fill_min(scores: &Tensor, keep: &Tensor) -> Result<Tensor> {
-    let keep = keep.broadcast_as(scores.shape())?;
-    let min = Tensor::new(f32::MIN, scores.device())?.to_dtype(scores.dtype())?.broadcast_as(scores.shape())?;
-    keep.where_cond(scores, &min)
+    fn lora_linears_mut(&mut self) -> Vec<&mut LoraLinear> {
+        self.layers.iter_mut().flat_map(BertLayer::lora_linears_mut).collect()
+    }
 }

@@ -1,16 +1,64 @@
-//! DeBERTa-v2/v3 encoder with LoRA-capable projections, in Hugging Face's key layout
-//! (`deberta.embeddings.*`, `deberta.encoder.layer.N.attention.self.query_proj`, `deberta.encoder.rel_embeddings`).
-//! Port of transformers' `modeling_deberta_v2.py`: disentangled attention (c2p, p2c), log-bucketed
-//! relative positions, `share_att_key`, `norm_rel_ebd`, `position_biased_input` and `embed_proj`.
+//! DeBERTa-v2/v3 encoder with LoRA-capable projections, one struct per module of transformers'
+//! `modeling_deberta_v2.py` (`DebertaV2Embeddings`, `DisentangledSelfAttention`, `DebertaV2SelfOutput`,
+//! `DebertaV2Intermediate`, `DebertaV2Output`, `DebertaV2Layer`, `DebertaV2Encoder`), so each struct's
+//! path is its key path: `deberta.embeddings.*`, `deberta.encoder.layer.N.attention.self.query_proj`,
+//! `deberta.encoder.rel_embeddings`. Disentangled attention (c2p, p2c), log-bucketed relative
+//! positions, `share_att_key`, `norm_rel_ebd`, `position_biased_input` and `embed_proj`.
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Deserializer};
 
-use crate::attention_softmax::attention_probs;
-use crate::lora::LoraLinear;
+use super::{Checkpoint, Encoder, EncoderConfig, Family, HeadLayout};
+use crate::nn::attention::attention_probs;
+use crate::nn::lora::LoraLinear;
 use crate::nn::{activation, Adapters, Ctx, LayerNorm};
-use crate::relative_scores::{add_relative_scores, RelativeIndex, Side};
+use crate::ops::relative_scores::{add_relative_scores, RelativeIndex, Side};
+
+/// The DeBERTa-v2/v3 family (`model_type: deberta-v2`).
+pub const FAMILY: Family = Family {
+    model_type: "deberta-v2",
+    prefix: "deberta",
+    bare_modules: &["embeddings", "encoder"],
+    classifier_class: "DebertaV2ForSequenceClassification",
+    base_class: "DebertaV2Model",
+    config: read_config,
+};
+
+fn read_config(checkpoint: &Checkpoint) -> anyhow::Result<Box<dyn EncoderConfig>> {
+    let config: DebertaConfig = checkpoint.parse_config()?;
+    let (h, heads) = (config.hidden_size, config.num_attention_heads);
+    super::checkpoint::check_shape(h, heads, config.attention_head_size, config.num_hidden_layers, config.vocab_size)
+        .map_err(|e| checkpoint.config_error(e))?;
+    Ok(Box::new(config))
+}
+
+impl EncoderConfig for DebertaConfig {
+    fn head(&self) -> HeadLayout {
+        HeadLayout {
+            pooler_key: "pooler.dense".into(),
+            pooler_in: self.hidden_size,
+            pooler_out: self.pooler_size(),
+            pooler_activation: self.pooler_hidden_act.clone(),
+            pooler_dropout: self.pooler_dropout,
+            classifier_key: "classifier".into(),
+            classifier_dropout: self.cls_dropout.unwrap_or(self.hidden_dropout_prob),
+            init_std: self.initializer_range,
+        }
+    }
+
+    fn max_positions(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn Encoder>> {
+        Ok(Box::new(Deberta::load(vb, self)?))
+    }
+}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct DebertaConfig {
@@ -124,131 +172,42 @@ impl DebertaConfig {
     }
 }
 
-struct DebertaLayer {
-    query: LoraLinear,
-    key: LoraLinear,
-    value: LoraLinear,
-    /// Separate position projections, only when `share_att_key` is false.
-    pos_key: Option<LoraLinear>,
-    pos_query: Option<LoraLinear>,
-    attention_output: LoraLinear,
-    attention_norm: LayerNorm,
-    intermediate: LoraLinear,
-    output: LoraLinear,
-    output_norm: LayerNorm,
-}
-
-pub struct Deberta {
+/// `DebertaV2Embeddings`: word (and, where configured, position and token-type) embeddings, the
+/// projection to the hidden size, layer norm, the padding mask, dropout.
+struct DebertaEmbeddings {
     word_embeddings: Tensor,
     position_embeddings: Option<Tensor>,
     token_type_embeddings: Option<Tensor>,
     embed_proj: Option<LoraLinear>,
-    embedding_norm: LayerNorm,
-    rel_embeddings: Option<Tensor>,
-    rel_norm: Option<LayerNorm>,
-    layers: Vec<DebertaLayer>,
-    pub config: DebertaConfig,
+    layer_norm: LayerNorm,
+    dropout: f32,
 }
 
-impl Deberta {
-    /// Loads the encoder from `vb` rooted at the model's prefix (`deberta`).
-    pub fn load(vb: VarBuilder, config: &DebertaConfig) -> Result<Self> {
-        if config.conv_kernel_size > 0 {
-            candle_core::bail!("conv_kernel_size > 0 (DeBERTa-v2 xlarge/xxlarge) is not supported");
-        }
+impl DebertaEmbeddings {
+    fn load(vb: VarBuilder, config: &DebertaConfig) -> Result<Self> {
         let h = config.hidden_size;
         let e = config.embedding_size.unwrap_or(h);
-        let all_head = config.num_attention_heads * config.head_size();
-        let emb = vb.pp("embeddings");
-        let eps = config.layer_norm_eps;
-        let layer = |i: usize| -> Result<DebertaLayer> {
-            let vb = vb.pp(format!("encoder.layer.{i}"));
-            let att = vb.pp("attention");
-            let separate = config.relative_attention && !config.share_att_key;
-            Ok(DebertaLayer {
-                query: LoraLinear::load(att.pp("self.query_proj"), h, all_head, true)?,
-                key: LoraLinear::load(att.pp("self.key_proj"), h, all_head, true)?,
-                value: LoraLinear::load(att.pp("self.value_proj"), h, all_head, true)?,
-                pos_key: if separate && config.c2p() {
-                    Some(LoraLinear::load(att.pp("self.pos_key_proj"), h, all_head, true)?)
-                } else {
-                    None
-                },
-                pos_query: if separate && config.p2c() {
-                    Some(LoraLinear::load(att.pp("self.pos_query_proj"), h, all_head, true)?)
-                } else {
-                    None
-                },
-                attention_output: LoraLinear::load(att.pp("output.dense"), all_head, h, true)?,
-                attention_norm: LayerNorm::load(att.pp("output.LayerNorm"), h, eps)?,
-                intermediate: LoraLinear::load(vb.pp("intermediate.dense"), h, config.intermediate_size, true)?,
-                output: LoraLinear::load(vb.pp("output.dense"), config.intermediate_size, h, true)?,
-                output_norm: LayerNorm::load(vb.pp("output.LayerNorm"), h, eps)?,
-            })
-        };
-        let uses_rel_norm =
-            config.norm_rel_ebd.as_deref().unwrap_or("none").split('|').any(|p| p.trim() == "layer_norm");
         Ok(Self {
-            word_embeddings: emb.pp("word_embeddings").get((config.vocab_size, e), "weight")?,
+            word_embeddings: vb.pp("word_embeddings").get((config.vocab_size, e), "weight")?,
             position_embeddings: if config.position_biased_input {
-                Some(emb.pp("position_embeddings").get((config.max_position_embeddings, e), "weight")?)
+                Some(vb.pp("position_embeddings").get((config.max_position_embeddings, e), "weight")?)
             } else {
                 None
             },
             token_type_embeddings: if config.type_vocab_size > 0 {
-                Some(emb.pp("token_type_embeddings").get((config.type_vocab_size, e), "weight")?)
+                Some(vb.pp("token_type_embeddings").get((config.type_vocab_size, e), "weight")?)
             } else {
                 None
             },
-            embed_proj: if e != h { Some(LoraLinear::load(emb.pp("embed_proj"), e, h, false)?) } else { None },
-            embedding_norm: LayerNorm::load(emb.pp("LayerNorm"), h, eps)?,
-            rel_embeddings: if config.relative_attention {
-                Some(vb.pp("encoder.rel_embeddings").get((2 * config.att_span() as usize, h), "weight")?)
-            } else {
-                None
-            },
-            rel_norm: if config.relative_attention && uses_rel_norm {
-                Some(LayerNorm::load(vb.pp("encoder.LayerNorm"), h, eps)?)
-            } else {
-                None
-            },
-            layers: (0..config.num_hidden_layers).map(layer).collect::<Result<_>>()?,
-            config: config.clone(),
+            embed_proj: if e != h { Some(LoraLinear::load(vb.pp("embed_proj"), e, h, false)?) } else { None },
+            layer_norm: LayerNorm::load(vb.pp("LayerNorm"), h, config.layer_norm_eps)?,
+            dropout: config.hidden_dropout_prob,
         })
     }
 
-    pub fn lora_linears_mut(&mut self) -> Vec<&mut LoraLinear> {
-        let mut out: Vec<&mut LoraLinear> = Vec::new();
-        for l in &mut self.layers {
-            out.extend([&mut l.query, &mut l.key, &mut l.value]);
-            out.extend(l.pos_key.iter_mut().chain(l.pos_query.iter_mut()));
-            out.extend([&mut l.attention_output, &mut l.intermediate, &mut l.output]);
-        }
-        out.extend(self.embed_proj.iter_mut());
-        out
-    }
-
-    pub fn lora_linears(&self) -> Vec<&LoraLinear> {
-        let mut out: Vec<&LoraLinear> = Vec::new();
-        for l in &self.layers {
-            out.extend([&l.query, &l.key, &l.value]);
-            out.extend(l.pos_key.iter().chain(l.pos_query.iter()));
-            out.extend([&l.attention_output, &l.intermediate, &l.output]);
-        }
-        out.extend(self.embed_proj.iter());
-        out
-    }
-
-    /// The last hidden states `(batch, seq, hidden)`; `attention_mask` is 1 for tokens, 0 for padding.
-    pub fn forward(
-        &self,
-        input_ids: &Tensor,
-        token_type_ids: &Tensor,
-        attention_mask: &Tensor,
-        ctx: &Ctx,
-    ) -> Result<Tensor> {
+    /// `mask` is the attention mask as f32 `(batch, seq)`: padding positions come out as zeros.
+    fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, mask: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
-        let cfg = &self.config;
         let e = self.word_embeddings.dim(1)?;
         let lookup =
             |table: &Tensor, ids: &Tensor| table.index_select(&ids.flatten_all()?, 0)?.reshape((batch, seq, e));
@@ -263,38 +222,57 @@ impl Deberta {
         if let Some(proj) = &self.embed_proj {
             embeddings = proj.forward(&embeddings, ctx)?;
         }
-        let mask = attention_mask.to_dtype(DType::F32)?;
-        let embeddings = self.embedding_norm.forward(&embeddings)?;
+        let embeddings = self.layer_norm.forward(&embeddings)?;
         let embeddings = embeddings.broadcast_mul(&mask.unsqueeze(2)?.to_dtype(embeddings.dtype())?)?;
-        let mut hidden = ctx.dropout(&embeddings, cfg.hidden_dropout_prob)?;
+        ctx.dropout(&embeddings, self.dropout)
+    }
+}
 
-        // (batch, 1, seq, seq): token i may attend to token j when both are real tokens.
-        let keep = mask.unsqueeze(2)?.broadcast_mul(&mask.unsqueeze(1)?)?.unsqueeze(1)?.to_dtype(DType::U8)?;
-        let rel = match &self.rel_embeddings {
-            Some(table) => {
-                let table = match &self.rel_norm {
-                    Some(norm) => norm.forward(table)?,
-                    None => table.clone(),
-                };
-                let (c2p, p2c) = relative_indices(seq, cfg, input_ids.device())?;
-                Some((table, c2p, p2c))
-            }
-            None => None,
-        };
-        for layer in &self.layers {
-            hidden = self.layer_forward(layer, &hidden, &keep, rel.as_ref(), ctx)?;
-        }
-        Ok(hidden)
+/// The relative-position embeddings (normalised where configured) and the c2p/p2c gather indices of a
+/// batch's sequence length, shared by every layer.
+struct RelativePositions {
+    table: Tensor,
+    c2p: RelativeIndex,
+    p2c: RelativeIndex,
+}
+
+/// `DisentangledSelfAttention`: content-to-content attention plus the relative-position terms (c2p,
+/// p2c) through the same or separate position projections.
+struct DisentangledSelfAttention {
+    query_proj: LoraLinear,
+    key_proj: LoraLinear,
+    value_proj: LoraLinear,
+    /// Separate position projections, only when `share_att_key` is false.
+    pos_key_proj: Option<LoraLinear>,
+    pos_query_proj: Option<LoraLinear>,
+    config: DebertaConfig,
+}
+
+impl DisentangledSelfAttention {
+    fn load(vb: VarBuilder, config: &DebertaConfig) -> Result<Self> {
+        let h = config.hidden_size;
+        let all_head = config.num_attention_heads * config.head_size();
+        let separate = config.relative_attention && !config.share_att_key;
+        Ok(Self {
+            query_proj: LoraLinear::load(vb.pp("query_proj"), h, all_head, true)?,
+            key_proj: LoraLinear::load(vb.pp("key_proj"), h, all_head, true)?,
+            value_proj: LoraLinear::load(vb.pp("value_proj"), h, all_head, true)?,
+            pos_key_proj: if separate && config.c2p() {
+                Some(LoraLinear::load(vb.pp("pos_key_proj"), h, all_head, true)?)
+            } else {
+                None
+            },
+            pos_query_proj: if separate && config.p2c() {
+                Some(LoraLinear::load(vb.pp("pos_query_proj"), h, all_head, true)?)
+            } else {
+                None
+            },
+            config: config.clone(),
+        })
     }
 
-    fn layer_forward(
-        &self,
-        layer: &DebertaLayer,
-        x: &Tensor,
-        keep: &Tensor,
-        rel: Option<&(Tensor, RelativeIndex, RelativeIndex)>,
-        ctx: &Ctx,
-    ) -> Result<Tensor> {
+    /// The attention's context `(batch, seq, heads·head size)`; `keep` is `(batch, 1, seq, seq)`.
+    fn forward(&self, x: &Tensor, keep: &Tensor, rel: Option<&RelativePositions>, ctx: &Ctx) -> Result<Tensor> {
         let cfg = &self.config;
         let (batch, seq, _) = x.dims3()?;
         let heads = cfg.num_attention_heads;
@@ -303,55 +281,220 @@ impl Deberta {
             let (b, l, _) = t.dims3()?;
             t.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()?.reshape((b * heads, l, d))
         };
-        let q = split(layer.query.forward(x, ctx)?)?;
-        let k = split(layer.key.forward(x, ctx)?)?;
-        let v = split(layer.value.forward(x, ctx)?)?;
+        let q = split(self.query_proj.forward(x, ctx)?)?;
+        let k = split(self.key_proj.forward(x, ctx)?)?;
+        let v = split(self.value_proj.forward(x, ctx)?)?;
         let scale_factor = 1 + usize::from(cfg.c2p()) + usize::from(cfg.p2c());
         let scale = ((d * scale_factor) as f32).sqrt() as f64;
         let mut scores = q.matmul(&(k.t()? / scale)?)?;
-        if let Some((table, c2p_index, p2c_index)) = rel {
-            let table = ctx.dropout(table, cfg.hidden_dropout_prob)?.unsqueeze(0)?;
+        if let Some(rel) = rel {
+            let table = ctx.dropout(&rel.table, cfg.hidden_dropout_prob)?.unsqueeze(0)?;
             // The position projection per head, `(heads, 2·span, d)`, shared by the batch; with per-row
             // adapters that differ, one per row, `(batch·heads, 2·span, d)`, computed once per run of rows
             // sharing an adapter (one adapter for every row gives the shared form).
             let project = |proj: &LoraLinear| -> Result<Tensor> {
-                let Adapters::PerRow(names) = &ctx.adapters else {
+                let Adapters::PerRow(_) = ctx.adapters() else {
                     return split(proj.forward(&table, ctx)?);
                 };
                 let mut runs = Vec::new();
-                let mut start = 0;
-                while start < names.len() {
-                    let len = names[start..].iter().take_while(|n| *n == &names[start]).count();
-                    let one = ctx.fork(names[start].clone().map(Adapters::One).unwrap_or_default());
+                for run in ctx.runs() {
+                    let one = ctx.fork(run.adapter.clone().map(Adapters::One).unwrap_or_default());
                     let pos = split(proj.forward(&table, &one)?)?;
                     ctx.set_rng_state(one.rng_state());
-                    if len == names.len() {
+                    if run.len == batch {
                         return Ok(pos); // one adapter for the whole batch
                     }
                     let (_, n, d) = pos.dims3()?;
-                    runs.push(pos.unsqueeze(0)?.broadcast_as((len, heads, n, d))?.reshape((len * heads, n, d))?);
-                    start += len;
+                    runs.push(pos.unsqueeze(0)?.broadcast_as((run.len, heads, n, d))?.reshape((
+                        run.len * heads,
+                        n,
+                        d,
+                    ))?);
                 }
                 Tensor::cat(&runs, 0)
             };
             if cfg.c2p() {
-                let pos_key = project(layer.pos_key.as_ref().unwrap_or(&layer.key))?;
-                scores = add_relative_scores(&scores, &q, &pos_key, c2p_index, Side::Query, scale)?;
+                let pos_key = project(self.pos_key_proj.as_ref().unwrap_or(&self.key_proj))?;
+                scores = add_relative_scores(&scores, &q, &pos_key, &rel.c2p, Side::Query, scale)?;
             }
             if cfg.p2c() {
-                let pos_query = project(layer.pos_query.as_ref().unwrap_or(&layer.query))?;
-                scores = add_relative_scores(&scores, &k, &pos_query, p2c_index, Side::Key, scale)?;
+                let pos_query = project(self.pos_query_proj.as_ref().unwrap_or(&self.query_proj))?;
+                scores = add_relative_scores(&scores, &k, &pos_query, &rel.p2c, Side::Key, scale)?;
             }
         }
         let scores = scores.reshape((batch, heads, seq, seq))?;
         let probs = attention_probs(&scores, keep, 1.0, cfg.attention_probs_dropout_prob, ctx)?;
         let context = probs.reshape((batch * heads, seq, seq))?.matmul(&v)?;
-        let context = context.reshape((batch, heads, seq, d))?.transpose(1, 2)?.reshape((batch, seq, heads * d))?;
-        let attended = ctx.dropout(&layer.attention_output.forward(&context, ctx)?, cfg.hidden_dropout_prob)?;
-        let attended = layer.attention_norm.forward(&(attended + x)?)?;
-        let inner = activation(&cfg.hidden_act, &layer.intermediate.forward(&attended, ctx)?)?;
-        let out = ctx.dropout(&layer.output.forward(&inner, ctx)?, cfg.hidden_dropout_prob)?;
-        layer.output_norm.forward(&(out + attended)?)
+        context.reshape((batch, heads, seq, d))?.transpose(1, 2)?.reshape((batch, seq, heads * d))
+    }
+}
+
+/// `DebertaV2SelfOutput` and `DebertaV2Output`: a projection, dropout, then layer norm over the residual.
+struct DebertaOutput {
+    dense: LoraLinear,
+    layer_norm: LayerNorm,
+    dropout: f32,
+}
+
+impl DebertaOutput {
+    fn load(vb: VarBuilder, in_dim: usize, config: &DebertaConfig) -> Result<Self> {
+        let h = config.hidden_size;
+        Ok(Self {
+            dense: LoraLinear::load(vb.pp("dense"), in_dim, h, true)?,
+            layer_norm: LayerNorm::load(vb.pp("LayerNorm"), h, config.layer_norm_eps)?,
+            dropout: config.hidden_dropout_prob,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, residual: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let out = ctx.dropout(&self.dense.forward(x, ctx)?, self.dropout)?;
+        self.layer_norm.forward(&(out + residual)?)
+    }
+}
+
+/// `DebertaV2Attention`: disentangled self-attention and its output.
+struct DebertaAttention {
+    self_attention: DisentangledSelfAttention,
+    output: DebertaOutput,
+}
+
+/// `DebertaV2Intermediate`: the feed-forward's first projection and its activation.
+struct DebertaIntermediate {
+    dense: LoraLinear,
+    activation: String,
+}
+
+/// `DebertaV2Layer`: attention, then the feed-forward network.
+struct DebertaLayer {
+    attention: DebertaAttention,
+    intermediate: DebertaIntermediate,
+    output: DebertaOutput,
+}
+
+impl DebertaLayer {
+    fn load(vb: VarBuilder, config: &DebertaConfig) -> Result<Self> {
+        let all_head = config.num_attention_heads * config.head_size();
+        let (h, inter) = (config.hidden_size, config.intermediate_size);
+        let att = vb.pp("attention");
+        Ok(Self {
+            attention: DebertaAttention {
+                self_attention: DisentangledSelfAttention::load(att.pp("self"), config)?,
+                output: DebertaOutput::load(att.pp("output"), all_head, config)?,
+            },
+            intermediate: DebertaIntermediate {
+                dense: LoraLinear::load(vb.pp("intermediate.dense"), h, inter, true)?,
+                activation: config.hidden_act.clone(),
+            },
+            output: DebertaOutput::load(vb.pp("output"), inter, config)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, keep: &Tensor, rel: Option<&RelativePositions>, ctx: &Ctx) -> Result<Tensor> {
+        let context = self.attention.self_attention.forward(x, keep, rel, ctx)?;
+        let attended = self.attention.output.forward(&context, x, ctx)?;
+        let inner = activation(&self.intermediate.activation, &self.intermediate.dense.forward(&attended, ctx)?)?;
+        self.output.forward(&inner, &attended, ctx)
+    }
+
+    fn lora_linears(&self) -> Vec<&LoraLinear> {
+        let s = &self.attention.self_attention;
+        let mut out = vec![&s.query_proj, &s.key_proj, &s.value_proj];
+        out.extend(s.pos_key_proj.iter().chain(s.pos_query_proj.iter()));
+        out.extend([&self.attention.output.dense, &self.intermediate.dense, &self.output.dense]);
+        out
+    }
+
+    fn lora_linears_mut(&mut self) -> Vec<&mut LoraLinear> {
+        let s = &mut self.attention.self_attention;
+        let mut out = vec![&mut s.query_proj, &mut s.key_proj, &mut s.value_proj];
+        out.extend(s.pos_key_proj.iter_mut().chain(s.pos_query_proj.iter_mut()));
+        out.extend([&mut self.attention.output.dense, &mut self.intermediate.dense, &mut self.output.dense]);
+        out
+    }
+}
+
+/// `DebertaV2Model`: embeddings, then the encoder's layers over the relative positions
+/// (`encoder.rel_embeddings`, normalised by `encoder.LayerNorm` where `norm_rel_ebd` says so).
+pub struct Deberta {
+    embeddings: DebertaEmbeddings,
+    rel_embeddings: Option<Tensor>,
+    rel_norm: Option<LayerNorm>,
+    /// `encoder.layer`.
+    layers: Vec<DebertaLayer>,
+    pub config: DebertaConfig,
+}
+
+impl Deberta {
+    /// Loads the encoder from `vb` rooted at the model's prefix (`deberta`).
+    pub fn load(vb: VarBuilder, config: &DebertaConfig) -> Result<Self> {
+        if config.conv_kernel_size > 0 {
+            candle_core::bail!("conv_kernel_size > 0 (DeBERTa-v2 xlarge/xxlarge) is not supported");
+        }
+        let h = config.hidden_size;
+        let uses_rel_norm =
+            config.norm_rel_ebd.as_deref().unwrap_or("none").split('|').any(|p| p.trim() == "layer_norm");
+        let encoder = vb.pp("encoder");
+        Ok(Self {
+            embeddings: DebertaEmbeddings::load(vb.pp("embeddings"), config)?,
+            rel_embeddings: if config.relative_attention {
+                Some(encoder.pp("rel_embeddings").get((2 * config.att_span() as usize, h), "weight")?)
+            } else {
+                None
+            },
+            rel_norm: if config.relative_attention && uses_rel_norm {
+                Some(LayerNorm::load(encoder.pp("LayerNorm"), h, config.layer_norm_eps)?)
+            } else {
+                None
+            },
+            layers: (0..config.num_hidden_layers)
+                .map(|i| DebertaLayer::load(encoder.pp(format!("layer.{i}")), config))
+                .collect::<Result<_>>()?,
+            config: config.clone(),
+        })
+    }
+}
+
+impl Encoder for Deberta {
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        ctx: &Ctx,
+    ) -> Result<Tensor> {
+        let seq = input_ids.dim(1)?;
+        let mask = attention_mask.to_dtype(DType::F32)?;
+        let mut hidden = self.embeddings.forward(input_ids, token_type_ids, &mask, ctx)?;
+        // (batch, 1, seq, seq): token i may attend to token j when both are real tokens.
+        let keep = mask.unsqueeze(2)?.broadcast_mul(&mask.unsqueeze(1)?)?.unsqueeze(1)?.to_dtype(DType::U8)?;
+        let rel = match &self.rel_embeddings {
+            Some(table) => {
+                let table = match &self.rel_norm {
+                    Some(norm) => norm.forward(table)?,
+                    None => table.clone(),
+                };
+                let (c2p, p2c) = relative_indices(seq, &self.config, input_ids.device())?;
+                Some(RelativePositions { table, c2p, p2c })
+            }
+            None => None,
+        };
+        for layer in &self.layers {
+            hidden = layer.forward(&hidden, &keep, rel.as_ref(), ctx)?;
+        }
+        Ok(hidden)
+    }
+
+    /// Every layer's projections, then the embeddings' projection.
+    fn lora_linears(&self) -> Vec<&LoraLinear> {
+        let mut out: Vec<&LoraLinear> = self.layers.iter().flat_map(DebertaLayer::lora_linears).collect();
+        out.extend(self.embeddings.embed_proj.iter());
+        out
+    }
+
+    fn lora_linears_mut(&mut self) -> Vec<&mut LoraLinear> {
+        let mut out: Vec<&mut LoraLinear> = self.layers.iter_mut().flat_map(DebertaLayer::lora_linears_mut).collect();
+        out.extend(self.embeddings.embed_proj.iter_mut());
+        out
     }
 }
 

@@ -5,16 +5,17 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use rmroute::bf16::Precision;
-use rmroute::data::io::write_atomic;
+use rmroute::data::domains::resolve_domains;
 use rmroute::data::PairRecord;
-use rmroute::eval::{
-    accuracy_by_domain, domain_test_sets, expert_shares, resident_memory, routed_results, seconds_per_step,
-    switching_timings, task_results, task_test_sets, Memory, Results,
-};
-use rmroute::load::{load_scorer, Kind, ScoreOptions};
+use rmroute::io::write_atomic;
+use rmroute::methods::{RunMeta, ScoreOptions, Scorer};
 use rmroute::model::LoadOptions;
-use rmroute::train::trainer::resolve_domains;
+use rmroute::nn::bf16::Precision;
+use rmroute::results::eval::{
+    accuracy_by_domain, domain_test_sets, resident_memory, routed_results, seconds_per_step, task_test_sets, Memory,
+    Results, TestSets,
+};
+use rmroute::results::report;
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -43,7 +44,7 @@ pub struct EvalArgs {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let opts = LoadOptions { device: super::device(&args.device)?, precision: args.dtype, ..Default::default() };
-    let mut scorer = load_scorer(&args.model, &opts, &ScoreOptions::default())?;
+    let mut scorer = rmroute::methods::load(&args.model, &opts, &ScoreOptions::default())?;
     let loaded = resident_memory();
     let Some(meta) = scorer.run.clone() else {
         bail!(
@@ -69,32 +70,43 @@ pub fn run(args: EvalArgs) -> Result<()> {
             args.model.display()
         );
     }
+    let results = evaluate(&mut scorer, &meta, &sets, loaded, args.dtype)?;
+    print(&results);
+    let out = args.out.unwrap_or_else(|| args.model.join("results.json"));
+    write_atomic(&out, &serde_json::to_vec_pretty(&results)?)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// Every figure of `results.json` for a loaded run on its test sets; `loaded` is the process's
+/// memory once the model was loaded.
+fn evaluate(
+    scorer: &mut Scorer,
+    meta: &RunMeta,
+    sets: &TestSets,
+    loaded: Option<(u64, u64)>,
+    dtype: Precision,
+) -> Result<Results> {
     // A routed run is scored once with the router's choices and once with the true domains.
-    let routed = routed_results(&scorer, &sets)?;
-    let experts = expert_shares(&scorer, &sets)?;
-    let tasks = task_results(&scorer, &sets)?;
+    let routed = routed_results(scorer, sets)?;
     let (by_domain, pairs_per_second) = match &routed {
         Some(r) => (r.routed.clone(), r.pairs_per_second),
-        None => accuracy_by_domain(&scorer, &sets)?,
+        None => accuracy_by_domain(scorer, sets)?,
     };
     // Table 6's "one input from each dataset": the first test prompts and chosen responses of each domain.
     let samples: Vec<&PairRecord> = sets.values().flat_map(|records| records.iter().take(8)).collect();
     let inputs: Vec<(&str, &str)> = samples.iter().map(|p| (p.prompt.as_str(), p.chosen.as_str())).collect();
-    let step = seconds_per_step(&scorer, &inputs, 40)?;
-    // ARLISS: mixed-domain batches, one pass with an adapter per row against switching adapters.
-    let switches = matches!(&scorer.kind, Kind::Routed(r) if r.switching().is_some());
-    let mut mixed = Vec::new();
-    for records in sets.values().filter(|_| switches) {
-        mixed.push(records.iter().take(64).cloned().collect());
-    }
-    let switching = if switches { switching_timings(&mut scorer, &mixed)? } else { None };
+    let step = seconds_per_step(scorer, &inputs, 40)?;
+    // What the method reports beyond accuracy: MoRE's expert shares, DMoERM's stages, ARLISS's
+    // switching timings.
+    let more = scorer.model.evaluate_more(sets, Some(meta))?;
     let memory = match (loaded, resident_memory()) {
         (Some((loaded_bytes, _)), Some((_, peak_bytes))) => Some(Memory { loaded_bytes, peak_bytes }),
         _ => None,
     };
     let mean = by_domain.values().map(|r| r.accuracy).sum::<f64>() / by_domain.len().max(1) as f64;
     let results = Results {
-        method: meta.method.clone(),
+        method: meta.method.as_str().to_string(),
         backbone: meta.backbone_name.clone(),
         seed: meta.seed,
         domains: by_domain,
@@ -109,13 +121,21 @@ pub fn run(args: EvalArgs) -> Result<()> {
             .map(|r| r.oracle.values().map(|x| x.accuracy).sum::<f64>() / r.oracle.len().max(1) as f64),
         oracle: routed.as_ref().map(|r| r.oracle.clone()),
         router: routed.map(|r| r.router),
-        experts,
+        experts: more.experts,
         parts: meta.parts.clone(),
-        switching,
-        precision: args.dtype,
+        switching: more.switching,
+        precision: dtype,
         memory,
-        tasks,
+        tasks: more.tasks,
     };
+    Ok(results)
+}
+
+/// The results as tables for the terminal.
+fn print(results: &Results) {
+    let mean = results.mean_accuracy;
+    let step = results.seconds_per_step;
+    let pairs_per_second = results.pairs_per_second;
     match (&results.oracle, &results.router) {
         (Some(oracle), Some(router)) => {
             println!(
@@ -128,7 +148,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             }
             let om = results.oracle_mean_accuracy.unwrap_or(f64::NAN);
             println!("| mean | | {mean:.4} | {om:.4} | {:.4} |", router.accuracy);
-            println!("\n{}", rmroute::report::confusion_markdown(router));
+            println!("\n{}", report::confusion_markdown(router));
         }
         _ => {
             println!("| domain | pairs | accuracy |\n|---|---:|---:|");
@@ -139,14 +159,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
     }
     if let Some(shares) = &results.experts {
-        println!("\n{}", rmroute::report::experts_markdown(shares));
+        println!("\n{}", report::experts_markdown(shares));
     }
     if let Some(tasks) = &results.tasks {
-        println!("\n{}", rmroute::report::tasks_markdown(tasks));
+        println!("\n{}", report::tasks_markdown(tasks));
     }
     println!("{:.4} s per step (one input), {:.1} pairs/s at batch 32", step, pairs_per_second);
     if let Some(timings) = &results.switching {
-        println!("\n{}", rmroute::report::switching_markdown(timings));
+        println!("\n{}", report::switching_markdown(timings));
     }
     if let Some(memory) = &results.memory {
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
@@ -156,8 +176,4 @@ pub fn run(args: EvalArgs) -> Result<()> {
             mib(memory.peak_bytes)
         );
     }
-    let out = args.out.unwrap_or_else(|| args.model.join("results.json"));
-    write_atomic(&out, &serde_json::to_vec_pretty(&results)?)?;
-    println!("wrote {}", out.display());
-    Ok(())
 }

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use rmroute::backbone::resolve_model_dir;
-use rmroute::bf16::Precision;
-use rmroute::encoding::Truncation;
-use rmroute::load::{load_scorer, ScoreOptions, Scorer, Switching};
+use rmroute::backbone::{resolve_model_dir, Truncation};
+use rmroute::methods::arliss::Switching;
+use rmroute::methods::{ScoreOptions, Scorer};
 use rmroute::model::LoadOptions;
+use rmroute::nn::bf16::Precision;
 
 #[derive(Debug, Args)]
 pub struct ModelArgs {
@@ -54,8 +54,8 @@ impl ModelArgs {
             truncation: self.truncation,
             switching: self.switching,
         };
-        let scorer =
-            load_scorer(&dir, &opts, &choice).with_context(|| format!("loading the model in {}", dir.display()))?;
+        let scorer = rmroute::methods::load(&dir, &opts, &choice)
+            .with_context(|| format!("loading the model in {}", dir.display()))?;
         Ok((dir, scorer))
     }
 }

@@ -5,11 +5,11 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 
 use clap::Args;
-use rmroute::compare::{compare, expected_table, ExpectedTable};
-use rmroute::data::io::write_atomic;
+use rmroute::io::write_atomic;
+use rmroute::results::compare::{compare, expected_table, ExpectedTable};
 
-use rmroute::plot::{accuracy_figure, curves_figure, experts_figure};
-use rmroute::report::{read_results, tables, write_csv};
+use rmroute::results::plot::{accuracy_figure, curves_figure, experts_figure};
+use rmroute::results::report::{read_results, tables, write_csv};
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
@@ -31,7 +31,7 @@ pub struct ReportArgs {
     #[arg(long, value_name = "FILE")]
     pub save_expected: Option<PathBuf>,
     /// With --save-expected: how many tolerances a figure may move (a compared table keeps its own).
-    #[arg(long, default_value_t = rmroute::compare::DEFAULT_K, requires = "save_expected")]
+    #[arg(long, default_value_t = rmroute::results::compare::DEFAULT_K, requires = "save_expected")]
     pub k: f64,
 }
 
@@ -40,8 +40,8 @@ pub fn run(args: ReportArgs) -> Result<()> {
     let expected = match &args.compare {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let table: ExpectedTable = rmroute::config::parse_json(&text)
-                .with_context(|| format!("{}: not an expected table", path.display()))?;
+            let table: ExpectedTable =
+                rmroute::io::parse_json(&text).with_context(|| format!("{}: not an expected table", path.display()))?;
             Some((path, table))
         }
         None => None,

@@ -8,7 +8,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use rmroute::data::error::At;
-use rmroute::data::io::{read_lines, write_atomic};
+use rmroute::data::lines::read_lines;
+use rmroute::io::write_atomic;
 
 use super::model::ModelArgs;
 
@@ -85,7 +86,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     )?);
     // Batches are cut shortest first (each pads to its longest row); lines are written in input order.
     let lengths: Vec<usize> = items.iter().map(Item::length).collect();
-    let order = rmroute::bucket::length_order(&lengths);
+    let order = rmroute::data::order::length_order(&lengths);
     let mut lines = vec![serde_json::Value::Null; items.len()];
     for indices in order.chunks(args.batch_size.max(1)) {
         let chunk: Vec<&Item> = indices.iter().map(|&i| &items[i]).collect();

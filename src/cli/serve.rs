@@ -53,7 +53,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         // The signal handlers exist before the address is announced: a client that stops the server
         // right away still gets a graceful shutdown.
         let shutdown = shutdown_signal()?;
-        let method = scorer.run.as_ref().map(|r| r.method.clone()).unwrap_or_else(|| "reward model".into());
+        let method = scorer.run.as_ref().map(|r| r.method.as_str()).unwrap_or("reward model");
         let reach = if addr.ip().is_loopback() {
             "this machine only (--host 0.0.0.0 to accept others)"
         } else {

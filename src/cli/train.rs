@@ -2,16 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 
-use rmroute::config::TrainConfig;
-use rmroute::methods::arliss::train_arliss;
-use rmroute::methods::baseline::train_baseline;
-use rmroute::methods::dmoerm::train_dmoerm;
-use rmroute::methods::more::train_more;
-use rmroute::methods::rodos::train_rodos;
-use rmroute::train::trainer::RunOptions;
+use rmroute::methods::config::TrainConfig;
+use rmroute::train::stage::RunOptions;
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -76,14 +71,6 @@ impl TrainArgs {
     }
 }
 
-pub fn run_baseline(args: TrainArgs) -> Result<()> {
-    let cfg = args.config()?;
-    let device = super::device(&cfg.device)?;
-    let out = train_baseline(&cfg, device, &args.options())?;
-    println!("trained {} → {}", cfg.method(), out.display());
-    Ok(())
-}
-
 #[derive(Debug, Args)]
 pub struct RoutedArgs {
     #[command(flatten)]
@@ -95,34 +82,15 @@ pub struct RoutedArgs {
     pub add_domain: Option<String>,
 }
 
-pub fn run_arliss(args: RoutedArgs) -> Result<()> {
-    let cfg = args.common.config()?;
-    let device = super::device(&cfg.device)?;
-    let out = train_arliss(&cfg, device, &args.common.options(), args.add_domain.as_deref())?;
-    println!("trained arliss → {}", out.display());
-    Ok(())
-}
-
-pub fn run_rodos(args: RoutedArgs) -> Result<()> {
-    let cfg = args.common.config()?;
-    let device = super::device(&cfg.device)?;
-    let out = train_rodos(&cfg, device, &args.common.options(), args.add_domain.as_deref())?;
-    println!("trained rodos → {}", out.display());
-    Ok(())
-}
-
-pub fn run_more(args: TrainArgs) -> Result<()> {
+/// Every `train-*` subcommand: `command` is the one the user ran; the config must name a method it
+/// trains.
+pub fn run(command: &str, args: &TrainArgs, add_domain: Option<&str>) -> Result<()> {
     let cfg = args.config()?;
+    if cfg.method.command() != command {
+        bail!("the config trains method `{}`: run `rmroute {}`", cfg.method.as_str(), cfg.method.command());
+    }
     let device = super::device(&cfg.device)?;
-    let out = train_more(&cfg, device, &args.options())?;
-    println!("trained more → {}", out.display());
-    Ok(())
-}
-
-pub fn run_dmoerm(args: TrainArgs) -> Result<()> {
-    let cfg = args.config()?;
-    let device = super::device(&cfg.device)?;
-    let out = train_dmoerm(&cfg, device, &args.options())?;
-    println!("trained dmoerm → {}", out.display());
+    let out = rmroute::methods::train(&cfg, device, &args.options(), add_domain)?;
+    println!("trained {} → {}", cfg.method(), out.display());
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::error::{At, RecordError};
-use super::io::read_lines;
+use super::lines::read_lines;
 use super::record::PairRecord;
 
 /// The result of converting one or more raw files of a domain.

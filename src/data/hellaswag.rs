@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 
 use super::convert::{convert_lines, Conversion, Outcome};
 use super::error::{At, RecordError};
-use super::io::read_lines;
+use super::lines::read_lines;
 use super::record::PairRecord;
 use super::split::{mix, stable_hash};
 

@@ -1,13 +1,17 @@
-//! Preference data: the pair record every method trains on, one converter per source format,
-//! the train/test split and the `prepare` pipeline that ties them together.
+//! Preference data: the pair record every method trains on, one converter per source format, the
+//! train/test split and the `prepare` pipeline that ties them together; the domains of a prepared
+//! folder and their pairs; and the length ordering that batches pairs of similar length. Nothing here
+//! knows a model.
 
 pub mod anthropic;
 pub mod convert;
 pub mod dahoas;
+pub mod domains;
 pub mod error;
 pub mod hellaswag;
-pub mod io;
+pub mod lines;
 pub mod oasst;
+pub mod order;
 pub mod prepare;
 pub mod record;
 pub mod shp;

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::convert::Conversion;
 use super::error::{json_kind, At, RecordError};
-use super::io::read_lines;
+use super::lines::read_lines;
 use super::record::PairRecord;
 
 /// Labels where a higher value means a worse reply; their sign is flipped so +1 means chosen is better.

@@ -11,10 +11,10 @@ use serde::Serialize;
 
 use super::convert::{id_prefix, Conversion};
 use super::error::RecordError;
-use super::io::{write_atomic, write_atomic_with, StagedDir};
 use super::record::PairRecord;
 use super::split::is_test;
 use super::{anthropic, dahoas, hellaswag, oasst, shp, DOMAINS};
+use crate::io::{write_atomic, write_atomic_with, StagedDir};
 
 #[derive(Debug, Clone)]
 pub struct PrepareOptions {

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::error::{At, RecordError};
-use super::io::read_lines;
+use super::lines::read_lines;
 
 /// One preference pair: for `prompt`, `chosen` is preferred over `rejected`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

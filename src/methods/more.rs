@@ -8,25 +8,28 @@
 //! this head, and with no `config.json` at the top `from_pretrained(RUN)` fails rather than load the
 //! encoder under a random classifier.
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, IndexOp, Tensor, Var};
+use candle_core::{DType, Device, IndexOp, Tensor, Var};
 
-use crate::backbone::params::ParamStore;
-use crate::backbone::resolve_model_dir;
-use crate::config::{Method, TrainConfig};
-use crate::data::io::StagedDir;
+use super::config::TrainConfig;
+use super::manifest::{pairs_fingerprint, prepare_run_dir, RunMeta, Summary};
+use super::scorer::{ExpertShares, MethodResults, ScoreOptions, Scored, Scores};
+use crate::backbone::{resolve_model_dir, PairEncoder};
+use crate::data::domains::TestSets;
 use crate::data::PairRecord;
-use crate::model::{save_safetensors, LoadOptions, RewardModel};
-use crate::moe::{MoeHead, MoeOutput, MoreConfig};
+use crate::heads::moe::{MoeHead, MoeOutput, MoreConfig};
+use crate::io::save_safetensors;
+use crate::model::{LoadOptions, RewardModel};
+use crate::nn::params::ParamStore;
 use crate::nn::Ctx;
-use crate::run::{backbone_name, prepare_run_dir, RunMeta};
-use crate::train::loss::{pairwise_correct, pairwise_loss};
-use crate::train::objective::{chosen_then_rejected, MicroBatch, Objective};
-use crate::train::trainer::{load_train_pairs, train_objective, RunOptions};
+use crate::train::objective::{chosen_then_rejected, PairRewards, Pairwise, Rewards};
+use crate::train::stage::{RunOptions, Stage, StageKey};
+use crate::train::trainer::train as train_objective;
 
 /// The head's file in a MoRE run directory.
 pub const HEAD_FILE: &str = "more.safetensors";
@@ -66,7 +69,7 @@ impl MoreModel {
         Ok((rewards, gates))
     }
 
-    /// Loads a MoRE run directory.
+    /// Loads the encoder and head of a MoRE run directory.
     pub fn load(dir: &Path, config: &MoreConfig, opts: &LoadOptions) -> Result<Self> {
         let encoder = RewardModel::load(&dir.join(ENCODER_DIR), opts)?;
         let path = dir.join(HEAD_FILE);
@@ -79,7 +82,7 @@ impl MoreModel {
         let store = ParamStore::from_tensors(tensors, path.display().to_string(), opts.train_encoder);
         let head = MoeHead::load(
             store.var_builder(DType::F32, &opts.device).pp("more"),
-            hidden_size(&encoder)?,
+            encoder.hidden_size,
             experts,
             expert_hidden,
             config,
@@ -104,23 +107,15 @@ impl MoreModel {
     }
 }
 
-fn hidden_size(model: &RewardModel) -> Result<usize> {
-    model
-        .config
-        .get("hidden_size")
-        .and_then(|v| v.as_u64())
-        .map(|h| h as usize)
-        .context("config.json has no `hidden_size`")
-}
-
-/// The pairwise loss plus `coef` times the gate's load-balancing loss.
-pub struct MorePairwise<'a> {
+/// MoRE's rewards for pairs: chosen and rejected in one forward, with `coef` times the gate's
+/// load-balancing loss as the auxiliary loss.
+pub struct MoreRewards<'a> {
     pub model: &'a MoreModel,
     pub pairs: &'a [PairRecord],
     pub coef: f64,
 }
 
-impl Objective for MorePairwise<'_> {
+impl PairRewards for MoreRewards<'_> {
     fn vars(&self) -> Vec<(String, Var)> {
         self.model.vars()
     }
@@ -130,29 +125,22 @@ impl Objective for MorePairwise<'_> {
     }
 
     fn length(&self, example: usize) -> usize {
-        crate::bucket::pair_length(&self.pairs[example])
+        crate::data::order::pair_length(&self.pairs[example])
     }
 
-    fn micro_batch(&self, batch: &[usize], ctx: Ctx) -> Result<MicroBatch> {
+    fn rewards(&self, batch: &[usize], ctx: &Ctx) -> Result<Rewards> {
         let chunk: Vec<&PairRecord> = batch.iter().map(|&j| &self.pairs[j]).collect();
-        let inputs = chosen_then_rejected(&chunk);
-        let (out, truncated) = self.model.forward(&inputs, &ctx)?;
+        let (out, truncated) = self.model.forward(&chosen_then_rejected(&chunk), ctx)?;
         let n = chunk.len();
         let (chosen, rejected) = (out.rewards.narrow(0, 0, n)?, out.rewards.narrow(0, n, n)?);
-        let loss = (pairwise_loss(&chosen, &rejected)? + (out.balance * self.coef)?)?;
-        let correct = pairwise_correct(&chosen.to_vec1::<f32>()?, &rejected.to_vec1::<f32>()?);
-        Ok(MicroBatch { loss, correct, truncated })
+        Ok(Rewards { chosen, rejected, auxiliary: Some((out.balance * self.coef)?), truncated })
     }
 }
 
 /// Trains MoRE on every configured domain together and writes the run directory.
-pub fn train_more(cfg: &TrainConfig, device: candle_core::Device, opts: &RunOptions) -> Result<PathBuf> {
-    cfg.validate()?;
-    if cfg.method != Method::More {
-        bail!("the config trains method `{}`: run `rmroute {}`", cfg.method.name(), cfg.method.command());
-    }
+pub fn train(cfg: &TrainConfig, device: Device, opts: &RunOptions) -> Result<PathBuf> {
     let more = cfg.more.clone().unwrap_or_default();
-    let (domains, pairs) = load_train_pairs(cfg)?;
+    let (domains, pairs) = cfg.train_pairs()?;
     let backbone_dir = resolve_model_dir(&cfg.backbone)?;
     let load = LoadOptions {
         device: device.clone(),
@@ -165,7 +153,7 @@ pub fn train_more(cfg: &TrainConfig, device: candle_core::Device, opts: &RunOpti
     let mut encoder = RewardModel::load(&backbone_dir, &load)
         .with_context(|| format!("loading the backbone {}", backbone_dir.display()))?;
     encoder.set_limits(cfg.max_length, cfg.truncation);
-    let hidden = hidden_size(&encoder)?;
+    let hidden = encoder.hidden_size;
     let experts = more.experts.unwrap_or(domains.len()).max(more.top_k);
     let store = ParamStore::trainable(HashMap::new(), "a new MoRE head", cfg.seed);
     let vb = store.var_builder(DType::F32, &device).pp("more");
@@ -183,39 +171,77 @@ pub fn train_more(cfg: &TrainConfig, device: candle_core::Device, opts: &RunOpti
             more.top_k
         );
     }
-    let objective = MorePairwise { model: &model, pairs: &pairs, coef: more.balance_coef };
-    let trained = train_objective(&objective, cfg, out, opts)?;
-
-    let staged = StagedDir::new(out)?;
-    std::fs::copy(out.join("metrics.jsonl"), staged.path().join("metrics.jsonl"))?;
-    model.encoder.write_encoder(&staged.path().join(ENCODER_DIR))?;
-    model.save_head(&staged.path().join(HEAD_FILE))?;
-    let mut config = cfg.clone();
-    config.more = Some(MoreConfig { experts: Some(experts), ..more });
-    RunMeta {
-        method: Method::More.name().into(),
-        domains,
-        backbone: cfg.backbone.clone(),
-        backbone_name: backbone_name(&cfg.backbone),
-        seed: cfg.seed,
-        rmroute_version: env!("CARGO_PKG_VERSION").into(),
-        config,
-        train_pairs: trained.train_pairs,
-        truncated_pairs: trained.truncated,
-        steps: trained.steps,
-        epoch_seconds: trained.epoch_seconds,
-        total_parameters: model.parameter_count(),
-        trainable_parameters: trainable,
-        model: format!(
+    let (trainer, adamw) = (cfg.trainer(), cfg.adamw());
+    let settings = serde_json::json!({
+        "method": cfg.method, "model": cfg.model(), "trainer": trainer, "optimizer": adamw, "more": more,
+        "experts": experts,
+    });
+    let stage = Stage::whole_run(out, StageKey::new(&settings, pairs_fingerprint(&pairs))?, opts);
+    let objective = Pairwise(MoreRewards { model: &model, pairs: &pairs, coef: more.balance_coef });
+    let trained = train_objective(&objective, &trainer, &adamw, &stage)?;
+    stage.finish(|dir| {
+        model.encoder.write_encoder(&dir.join(ENCODER_DIR))?;
+        model.save_head(&dir.join(HEAD_FILE))?;
+        let mut config = cfg.clone();
+        config.more = Some(MoreConfig { experts: Some(experts), ..more.clone() });
+        let description = format!(
             "the encoder as a Hugging Face base model in {ENCODER_DIR}/; the MoE head ({experts} experts) in {HEAD_FILE}"
-        ),
-        adapters: BTreeMap::new(),
-        parts: vec![],
-        base: None,
-        aspect_pairs: BTreeMap::new(),
-        routes_by_task: false,
-    }
-    .write(staged.path())?;
-    staged.commit()?;
+        );
+        let summary = Summary::of(&trained, model.parameter_count(), trainable, description);
+        RunMeta::new(&config, domains.clone(), summary).write(dir)
+    })?;
     Ok(out.clone())
+}
+
+/// Loads a MoRE run for scoring.
+pub fn load(dir: &Path, meta: &RunMeta, opts: &LoadOptions, choice: &ScoreOptions) -> Result<MoreModel> {
+    if choice.adapter.is_some() {
+        bail!("{} is a MoRE run: --adapter does not apply", dir.display());
+    }
+    let more = meta.config.more.clone().with_context(|| {
+        format!("{}/rmroute.json is a MoRE run without its `more` section (top_k): train it again", dir.display())
+    })?;
+    let mut model = MoreModel::load(dir, &more, opts)?;
+    let max_length = choice.max_length.unwrap_or(meta.config.max_length);
+    model.encoder.set_limits(max_length, choice.truncation.unwrap_or(meta.config.truncation));
+    Ok(model)
+}
+
+impl Scores for MoreModel {
+    fn tokens(&self) -> &PairEncoder {
+        &self.encoder.tokens
+    }
+
+    fn score(&self, pairs: &[(&str, &str)], batch_size: usize) -> Result<Scored> {
+        Ok(Scored { rewards: MoreModel::score(self, pairs, batch_size)?, domains: None })
+    }
+
+    /// The gate's expert shares per domain on the test pairs.
+    fn evaluate_more(&mut self, sets: &TestSets, _run: Option<&RunMeta>) -> Result<MethodResults> {
+        let experts = self.head.experts();
+        let mut shares = BTreeMap::new();
+        for (domain, records) in sets {
+            let inputs: Vec<(&str, &str)> = records
+                .iter()
+                .flat_map(|p| [(p.prompt.as_str(), p.chosen.as_str()), (p.prompt.as_str(), p.rejected.as_str())])
+                .collect();
+            let (_, gates) = self.score_with_gates(&inputs, 32)?;
+            let mut sum = vec![0f64; experts];
+            for row in &gates {
+                for (s, g) in sum.iter_mut().zip(row) {
+                    *s += f64::from(*g);
+                }
+            }
+            shares.insert(domain.clone(), sum.iter().map(|s| s / gates.len().max(1) as f64).collect());
+        }
+        Ok(MethodResults { experts: Some(ExpertShares { experts, shares }), ..Default::default() })
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
 }

@@ -2,21 +2,24 @@
 //! domains, trained with cross-entropy on prompts alone (a router never sees the response), saved as
 //! transformers' `…ForSequenceClassification` with `num_labels` = domains and `id2label` naming them.
 //! RODOS uses it; ARLISS trains the same router as a LoRA adapter with a classifier head on a frozen
-//! base, saved in PEFT layout; DMoERM routes through it too.
+//! base, saved in PEFT layout; DMoERM routes through it too. The router is a stage of its run.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use candle_core::Device;
 
+use super::config::{ModelSettings, RouterConfig, TrainConfig};
+use super::manifest::{Part, Role};
 use crate::backbone::resolve_model_dir;
-use crate::config::TrainConfig;
-use crate::data::io::StagedDir;
 use crate::data::PairRecord;
-use crate::methods::baseline::{Keep, TrainedModel};
 use crate::model::{LoadOptions, RewardModel};
-use crate::train::objective::{Balance, DomainClassification};
-use crate::train::trainer::{train_objective, RunOptions};
+use crate::train::classification::DomainClassification;
+use crate::train::stage::{fingerprint, RunOptions, Stage, StageKey};
+use crate::train::trainer::train;
+
+/// The in-memory name of ARLISS's router adapter (its reward adapters are named by their stages).
+pub const ROUTER_ADAPTER: &str = "router";
 
 /// What a router learns from: the domains (its labels, in order) and prompts labelled by domain index.
 pub struct RouterExamples {
@@ -40,79 +43,99 @@ pub fn router_examples(domains: &[String], pairs: &BTreeMap<String, Vec<PairReco
     RouterExamples { domains: domains.to_vec(), prompts, labels }
 }
 
-/// Trains the router into `out` (checkpoints and metrics there while training; the finished classifier
-/// staged whole and swapped in, with whatever `finish` writes): the whole backbone with a classifier
-/// (`Keep::Model`), or a LoRA adapter of the config's `lora` settings with its classifier on the frozen
-/// backbone (`Keep::Adapter`).
-#[allow(clippy::too_many_arguments)]
-pub fn train_router(
-    cfg: &TrainConfig,
-    examples: &RouterExamples,
-    balance: Balance,
-    device: candle_core::Device,
-    out: &Path,
-    opts: &RunOptions,
-    keep: Keep,
-    finish: impl FnOnce(&Path, &TrainedModel) -> Result<()>,
-) -> Result<TrainedModel> {
-    let RouterExamples { domains, prompts, labels } = examples;
-    let backbone_dir = resolve_model_dir(&cfg.backbone)?;
-    let adapter = match keep {
-        Keep::Model => None,
-        Keep::Adapter(name) => Some(name),
-    };
+/// A router to train as a stage of a run.
+pub struct RouterPlan<'a> {
+    /// The experiment: the backbone, limits, LoRA settings, trainer and optimizer settings.
+    pub cfg: &'a TrainConfig,
+    /// The router's own section (`rodos.router`, `arliss.router`, `dmoerm.router`).
+    pub section: &'a RouterConfig,
+    /// The section's name, for errors.
+    pub section_name: &'a str,
+    /// The stage's name (`router`, or `router-<domains>` for a retrained one).
+    pub name: &'a str,
+    /// A LoRA adapter with its classifier on the frozen backbone (ARLISS), else the whole backbone.
+    pub adapter: bool,
+}
+
+impl RouterPlan<'_> {
+    /// The router over `domains` trained on their `pairs`' prompts, or its finished stage.
+    pub fn train(
+        &self,
+        domains: &[String],
+        pairs: &BTreeMap<String, Vec<PairRecord>>,
+        device: Device,
+        opts: &RunOptions,
+    ) -> Result<Part> {
+        let cfg = self.cfg;
+        let trainer = cfg.trainer().with(&self.section.overrides());
+        trainer.validate("").with_context(|| format!("the router's settings (`{}`)", self.section_name))?;
+        let model = cfg.model();
+        let adamw = cfg.adamw();
+        let examples = router_examples(domains, pairs);
+        let labels: Vec<String> = examples.labels.iter().map(|l| l.to_string()).collect();
+        let inputs = fingerprint(examples.prompts.iter().map(String::as_str).chain(labels.iter().map(String::as_str)));
+        let settings = serde_json::json!({
+            "model": model, "trainer": trainer, "optimizer": adamw, "balance": self.section.balance,
+            "adapter": self.adapter, "domains": domains,
+        });
+        let stage = Stage::part(&cfg.out, self.name, StageKey::new(&settings, inputs)?, opts);
+        if let Some(part) = stage.finished()? {
+            return Ok(part);
+        }
+        let adapter = self.adapter.then_some(ROUTER_ADAPTER);
+        let router = load_router(&model, domains, adapter, cfg.seed, device)?;
+        let RouterExamples { prompts, labels, .. } = &examples;
+        let objective = DomainClassification::new(&router, adapter, prompts, labels, self.section.balance)?;
+        if !stage.opts.quiet {
+            let counts: Vec<String> = domains
+                .iter()
+                .enumerate()
+                .map(|(i, d)| format!("{d} {}", labels.iter().filter(|&&l| l == i).count()))
+                .collect();
+            eprintln!("router: {} prompts ({}), balance {:?}", prompts.len(), counts.join(", "), self.section.balance);
+        }
+        let trainable = router.trainable_count(&adapter.into_iter().collect::<Vec<_>>());
+        let trained = train(&objective, &trainer, &adamw, &stage)?;
+        stage.finish(|dir| {
+            let total = match adapter {
+                None => {
+                    router.write_pretrained(dir)?;
+                    router.parameter_count()
+                }
+                Some(name) => {
+                    router.write_adapter(name, dir, &model.backbone)?;
+                    router.adapter_parameter_count(name)
+                }
+            };
+            Ok(Part::new(self.name, Role::Router, None, &trained, (total, trainable)))
+        })
+    }
+}
+
+/// The backbone with a new classifier over `domains`: its own head (RODOS), or a new LoRA adapter of
+/// `settings.lora` with its classifier on the frozen backbone (ARLISS).
+fn load_router(
+    settings: &ModelSettings,
+    domains: &[String],
+    adapter: Option<&str>,
+    seed: u64,
+    device: Device,
+) -> Result<RewardModel> {
+    let backbone_dir = resolve_model_dir(&settings.backbone)?;
     let load = LoadOptions {
         device,
         train_encoder: adapter.is_none(),
-        seed: cfg.seed,
+        seed,
         new_head: true,
         labels: adapter.is_none().then(|| domains.to_vec()),
         ..Default::default()
     };
     let mut model = RewardModel::load(&backbone_dir, &load)
         .with_context(|| format!("loading the backbone {} for the router", backbone_dir.display()))?;
-    model.set_limits(cfg.max_length, cfg.truncation);
+    model.set_limits(settings.max_length, settings.truncation);
     if let Some(name) = adapter {
-        let Some(lora) = &cfg.lora else { bail!("a router adapter needs the config's `lora` section") };
-        model.add_classifier_adapter(name, lora, cfg.seed, domains.len())?;
+        let Some(lora) = &settings.lora else { bail!("a router adapter needs the config's `lora` section") };
+        model.add_classifier_adapter(name, lora, seed, domains.len())?;
     }
-    let objective = DomainClassification::new(&model, adapter, prompts, labels, balance)?;
-    if !opts.quiet {
-        let counts: Vec<String> = domains
-            .iter()
-            .enumerate()
-            .map(|(i, d)| format!("{d} {}", labels.iter().filter(|&&l| l == i).count()))
-            .collect();
-        eprintln!("router: {} prompts ({}), balance {balance:?}", prompts.len(), counts.join(", "));
-    }
-    let trainable =
-        model.trainable_vars(&adapter.into_iter().collect::<Vec<_>>()).iter().map(|(_, v)| v.elem_count()).sum();
-    let trained = train_objective(&objective, cfg, out, opts)?;
-    let staged = StagedDir::new(out)?;
-    std::fs::copy(out.join("metrics.jsonl"), staged.path().join("metrics.jsonl"))?;
-    let (total_parameters, description) = match adapter {
-        None => {
-            model.write_pretrained(staged.path())?;
-            (model.parameter_count(), format!("router: a classifier over the domains {}", domains.join(", ")))
-        }
-        Some(name) => {
-            model.write_adapter(name, staged.path(), &cfg.backbone)?;
-            let what = format!(
-                "router adapter: LoRA and a classifier over the domains {} for the backbone `{}`",
-                domains.join(", "),
-                cfg.backbone
-            );
-            (model.adapter_parameter_count(name), what)
-        }
-    };
-    let result = TrainedModel {
-        trained,
-        total_parameters,
-        trainable_parameters: trainable,
-        description,
-        adapters: BTreeMap::new(),
-    };
-    finish(staged.path(), &result)?;
-    staged.commit()?;
-    Ok(result)
+    Ok(model)
 }

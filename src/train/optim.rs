@@ -6,16 +6,17 @@ use std::collections::HashMap;
 
 use candle_core::{Result, Tensor, Var};
 
-use crate::train::fused_adamw;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy)]
+use crate::ops::adamw as fused_adamw;
+
+/// AdamW's settings (the learning rate is the schedule's, in the trainer's settings).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AdamWConfig {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
-    /// 0 turns clipping off.
-    pub max_grad_norm: f64,
 }
 
 struct Param {
@@ -32,6 +33,8 @@ pub struct AdamW {
     /// Optimizer steps taken.
     pub step: usize,
     config: AdamWConfig,
+    /// The global gradient norm gradients are clipped to; 0 turns clipping off.
+    max_grad_norm: f64,
 }
 
 impl AdamW {
@@ -45,7 +48,13 @@ impl AdamW {
                 Ok(Param { name, var, m, v, decay })
             })
             .collect::<Result<_>>()?;
-        Ok(Self { params, step: 0, config })
+        Ok(Self { params, step: 0, config, max_grad_norm: 0.0 })
+    }
+
+    /// Clips each step's gradients to a global norm of `max_grad_norm` (0: no clipping, the default).
+    pub fn with_clipping(mut self, max_grad_norm: f64) -> Self {
+        self.max_grad_norm = max_grad_norm;
+        self
     }
 
     pub fn vars(&self) -> impl Iterator<Item = (&str, &Var)> {
@@ -73,7 +82,7 @@ impl AdamW {
     /// on, and `None` when it is off (the norm is then not computed: it is a full pass over the
     /// gradients that nothing would use).
     pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<Option<f64>> {
-        let norm = if self.config.max_grad_norm > 0.0 {
+        let norm = if self.max_grad_norm > 0.0 {
             let mut sq = 0f64;
             for g in grads.iter().flatten() {
                 sq += if fused_adamw::applies(&[g]) {
@@ -87,7 +96,7 @@ impl AdamW {
             None
         };
         let clip = match norm {
-            Some(norm) if norm > self.config.max_grad_norm => self.config.max_grad_norm / (norm + 1e-6),
+            Some(norm) if norm > self.max_grad_norm => self.max_grad_norm / (norm + 1e-6),
             _ => 1.0,
         };
         self.step += 1;
@@ -193,7 +202,7 @@ mod tests {
     #[test]
     fn three_steps_match_torch_adamw() {
         let var = Var::from_tensor(&Tensor::new(&[1.0f32, -2.0, 0.5], &Device::Cpu).unwrap()).unwrap();
-        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, max_grad_norm: 0.0 };
+        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
         let mut opt = AdamW::new(vec![("w".into(), var.clone())], cfg).unwrap();
         let grads = [[0.5, -0.25, 0.1], [-0.3, 0.8, 0.1], [0.05, 0.4, -2.0]];
         for g in &grads {
@@ -218,8 +227,8 @@ mod tests {
     #[test]
     fn clipping_scales_the_gradient_to_the_max_norm() {
         let var = Var::from_tensor(&Tensor::new(&[0.0f32, 0.0], &Device::Cpu).unwrap()).unwrap();
-        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0 };
-        let mut opt = AdamW::new(vec![("w".into(), var)], cfg).unwrap();
+        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+        let mut opt = AdamW::new(vec![("w".into(), var)], cfg).unwrap().with_clipping(1.0);
         let norm = opt.step(&[Some(Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap())], 0.1).unwrap();
         assert!((norm.unwrap() - 5.0).abs() < 1e-6);
         let m = opt.state()["m.w"].to_vec1::<f32>().unwrap();
@@ -230,7 +239,7 @@ mod tests {
         }
         // below the limit, nothing changes
         let var = Var::from_tensor(&Tensor::new(&[0.0f32], &Device::Cpu).unwrap()).unwrap();
-        let mut opt = AdamW::new(vec![("w".into(), var)], cfg).unwrap();
+        let mut opt = AdamW::new(vec![("w".into(), var)], cfg).unwrap().with_clipping(1.0);
         opt.step(&[Some(Tensor::new(&[0.5f32], &Device::Cpu).unwrap())], 0.1).unwrap();
         assert!((opt.state()["m.w"].to_vec1::<f32>().unwrap()[0] - 0.05).abs() < 1e-7);
     }
@@ -246,11 +255,11 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(3);
         let start: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let grads: Vec<Vec<f32>> = (0..3).map(|_| (0..n).map(|_| rng.random_range(-0.01f32..0.01)).collect()).collect();
-        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, max_grad_norm: 1.0 };
+        let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1 };
         let run = |dtype: candle_core::DType, name: &str| {
             let theta = Tensor::new(start.as_slice(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
             let var = Var::from_tensor(&theta).unwrap();
-            let mut opt = AdamW::new(vec![(name.to_string(), var.clone())], cfg).unwrap();
+            let mut opt = AdamW::new(vec![(name.to_string(), var.clone())], cfg).unwrap().with_clipping(1.0);
             let mut norms = Vec::new();
             for g in &grads {
                 let g = Tensor::new(g.as_slice(), &Device::Cpu).unwrap().to_dtype(dtype).unwrap();

@@ -260,3 +260,8 @@ pub fn stdout_ok(output: std::process::Output) -> String {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).to_string()
 }
+
+/// A stage key for a training run that nothing resumes.
+pub fn no_key() -> rmroute::train::stage::StageKey {
+    rmroute::train::stage::StageKey::new(&(), String::new()).unwrap()
+}

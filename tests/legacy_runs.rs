@@ -1,0 +1,125 @@
+//! Run directories written by an earlier release (rmroute 0.1.0, before the layers issue; made by
+//! `scripts/make_legacy_runs.sh`) still load and score with the rewards that release gave, a finished
+//! RODOS or ARLISS run still takes a new domain, and an unfinished stage of that release is refused with
+//! what to do, never mixed into a new training.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{rmroute, stdout_ok};
+
+const METHODS: [&str; 6] = ["baseline", "baselora", "more", "rodos", "arliss", "dmoerm"];
+const DOMAINS: [&str; 3] = ["alpha", "beta", "gamma"];
+
+/// The fixture, as the paths its runs record it (relative to the repository, where tests run).
+fn fixture() -> &'static str {
+    "tests/fixtures/legacy-runs"
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn every_method_scores_as_the_release_that_trained_it() {
+    let out = tempfile::tempdir().unwrap();
+    for method in METHODS {
+        for domain in DOMAINS {
+            let run = format!("{}/runs/{method}", fixture());
+            let input = format!("{}/data/{domain}/test.jsonl", fixture());
+            let scores = out.path().join(format!("{method}-{domain}.jsonl"));
+            let scores_arg = scores.display().to_string();
+            stdout_ok(rmroute(&["score", "--model", &run, "--input", &input, "--out", &scores_arg, "--quiet"]));
+            let expected = std::fs::read_to_string(format!("{}/expected/{method}-{domain}.jsonl", fixture())).unwrap();
+            let got = std::fs::read_to_string(&scores).unwrap();
+            assert!(!expected.is_empty());
+            assert_eq!(got, expected, "{method} on {domain}: rewards differ from the release that trained it");
+        }
+    }
+    // eval reads them too (a routed run: routed and oracle accuracy, the router's matrix).
+    let results = out.path().join("results.json");
+    let eval = rmroute(&[
+        "eval",
+        "--model",
+        &format!("{}/runs/dmoerm", fixture()),
+        "--data",
+        &format!("{}/data", fixture()),
+        "--out",
+        &results.display().to_string(),
+    ]);
+    stdout_ok(eval);
+    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(&results).unwrap()).unwrap();
+    assert_eq!(results["method"], "dmoerm");
+    assert!(results["tasks"]["alpha"]["aggregator"]["accuracy"].is_number());
+}
+
+/// A copy of a legacy run and its data with a fourth domain beside the three it was trained on.
+fn extendable(method: &str, root: &Path) -> (PathBuf, PathBuf) {
+    let (run, data) = (root.join("run"), root.join("data"));
+    copy_dir(&Path::new(fixture()).join("runs").join(method), &run);
+    copy_dir(&Path::new(fixture()).join("data"), &data);
+    copy_dir(&data.join("gamma"), &data.join("delta"));
+    for split in ["train", "test"] {
+        let path = data.join("delta").join(format!("{split}.jsonl"));
+        let text = std::fs::read_to_string(&path).unwrap().replace("gamma", "delta");
+        std::fs::write(&path, text).unwrap();
+    }
+    (run, data)
+}
+
+#[test]
+fn a_finished_routed_run_of_the_release_takes_a_new_domain() {
+    for method in ["rodos", "arliss"] {
+        let root = tempfile::tempdir().unwrap();
+        let (run, data) = extendable(method, root.path());
+        let before = common::files(&run.join("stages/rm-alpha"));
+        let config = format!("{}/configs/{method}.json", fixture());
+        let (run_arg, data_arg) = (run.display().to_string(), data.display().to_string());
+        let command = format!("train-{method}");
+        stdout_ok(rmroute(&[
+            &command,
+            "--config",
+            &config,
+            "--out",
+            &run_arg,
+            "--data",
+            &data_arg,
+            "--add-domain",
+            "delta",
+            "--quiet",
+        ]));
+        assert_eq!(common::files(&run.join("stages/rm-alpha")), before, "{method}: an old part was touched");
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("rmroute.json")).unwrap()).unwrap();
+        assert_eq!(meta["domains"], serde_json::json!(["alpha", "beta", "gamma", "delta"]));
+        assert!(run.join("stages/router-4").is_dir() && !run.join("stages/router").exists());
+        let input = data.join("delta/test.jsonl").display().to_string();
+        let scored = stdout_ok(rmroute(&["score", "--model", &run_arg, "--input", &input, "--quiet"]));
+        assert_eq!(scored.lines().count(), 16, "{method}");
+    }
+}
+
+#[test]
+fn an_unfinished_stage_of_the_release_is_refused_with_what_to_do() {
+    let root = tempfile::tempdir().unwrap();
+    let (run, data) = extendable("rodos", root.path());
+    // As if it had been killed before its manifest: finished stages of the old format, no rmroute.json.
+    std::fs::remove_file(run.join("rmroute.json")).unwrap();
+    let config = format!("{}/configs/rodos.json", fixture());
+    let (run_arg, data_arg) = (run.display().to_string(), data.display().to_string());
+    let resumed =
+        rmroute(&["train-rodos", "--config", &config, "--out", &run_arg, "--data", &data_arg, "--resume", "--quiet"]);
+    assert!(!resumed.status.success());
+    let err = String::from_utf8_lossy(&resumed.stderr);
+    assert!(err.contains("older rmroute") && err.contains("--force"), "{err}");
+}
