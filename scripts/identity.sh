@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Shows that two rmroute binaries compute the same numbers: each prepares the shipped sample
 # (data/sample), trains a tiny fixed-seed run of all six methods on SPLADE-tiny (configs/*-splade-tiny.json,
-# 48 pairs per domain, 1 epoch, 128 tokens), and scores every test pair of the sample with each run;
+# 48 pairs per domain, 2 epochs at lr 5e-4, 128 tokens), and scores every test pair of the sample with each run;
 # the prepared data, the rewards and eval's accuracies must be equal, bit for bit.
 #
 #   scripts/identity.sh OLD_BIN NEW_BIN        # e.g. a release build of main before and after a change
@@ -32,7 +32,7 @@ for method in ${methods//,/ }; do
   python3 - "$repo/configs/$method-splade-tiny.json" "$work/configs/$method.json" <<'EOF'
 import json, sys
 config = json.load(open(sys.argv[1]))
-config.update({"max_length": 128, "max_pairs": 48, "epochs": 1, "log_every": 1})
+config.update({"max_length": 128, "max_pairs": 48, "epochs": 2, "lr": 5e-4, "log_every": 1})
 json.dump(config, open(sys.argv[2], "w"), indent=2)
 EOF
 done

@@ -2,8 +2,11 @@
 # Writes tests/fixtures/legacy-runs/: one finished run of each method, trained by an older rmroute binary
 # on a tiny random BERT (hidden 32, 2 layers, written here) and three word domains whose chosen responses
 # carry a marker word, with the rewards that binary scored on each domain's test pairs
-# (`expected/<method>-<domain>.jsonl`). tests/legacy_runs.rs checks that today's code loads, scores and
-# extends these runs with the same rewards.
+# (`expected/<method>-<domain>.jsonl`); and two unfinished runs of that binary (`unfinished/`): a RODOS
+# run whose router had not started, and a Baseline run killed mid-training with its checkpoint, with the
+# rewards that binary scored once it resumed copies of them to the end (`expected/resumed-…`).
+# tests/legacy_runs.rs checks that today's code loads, scores, resumes and extends these runs with the
+# same rewards.
 #
 #   scripts/make_legacy_runs.sh OLD_BIN [OUT]     # OUT defaults to tests/fixtures/legacy-runs
 #
@@ -145,5 +148,31 @@ for method in baseline baselora more rodos arliss dmoerm; do
       --out "$rel/expected/$method-$domain.jsonl" --quiet
   done
 done
+# Unfinished runs. RODOS: its reward models finished, its router not started.
+mkdir -p "$rel/unfinished" "$rel/work"
+"$bin" train-rodos --config "$rel/configs/rodos.json" --out "$rel/unfinished/rodos" --quiet >/dev/null
+rm -rf "$rel/unfinished/rodos/rmroute.json" "$rel/unfinished/rodos/stages/router"
+# Baseline: killed mid-training, with a checkpoint every step (the kill lands on some step of 360).
+sed -e 's/"epochs": 2,/"epochs": 40,/' -e 's/"log_every": 1/"log_every": 10, "checkpoint_every": 1/' \
+  "$rel/configs/baseline.json" >"$rel/configs/baseline-long.json"
+timeout -s KILL 2 "$bin" train-baseline --config "$rel/configs/baseline-long.json" --out "$rel/unfinished/baseline" \
+  --quiet >/dev/null 2>&1 || true
+[ -f "$rel/unfinished/baseline/checkpoint/state.json" ] || { echo "the Baseline run left no checkpoint" >&2; exit 1; }
+[ ! -f "$rel/unfinished/baseline/rmroute.json" ] || { echo "the Baseline run finished before the kill" >&2; exit 1; }
+# What the older binary makes of them, resumed to the end where they are (that release resumes a stage
+# only under the path it started in), then put back as they were.
+for method in rodos baseline; do
+  config=$rel/configs/$method.json
+  [ "$method" = baseline ] && config=$rel/configs/baseline-long.json
+  cp -r "$rel/unfinished/$method" "$rel/work/$method"
+  "$bin" "train-$method" --config "$config" --out "$rel/unfinished/$method" --resume --quiet >/dev/null
+  for domain in alpha beta gamma; do
+    "$bin" score --model "$rel/unfinished/$method" --input "$rel/data/$domain/test.jsonl" \
+      --out "$rel/expected/resumed-$method-$domain.jsonl" --quiet
+  done
+  rm -rf "$rel/unfinished/$method"
+  mv "$rel/work/$method" "$rel/unfinished/$method"
+done
+rm -rf "$rel/work"
 "$bin" --version >"$rel/VERSION"
 du -sh "$out"

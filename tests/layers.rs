@@ -138,6 +138,15 @@ fn no_modules_import_each_other_in_a_circle() {
     assert!(circles.is_empty(), "modules on an import circle: {}", circles.join(", "));
 }
 
+/// Every top-level module of the library is a layer in the list above, and the other way round.
+#[test]
+fn every_module_of_the_library_is_a_layer() {
+    let lib = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
+    let modules: BTreeSet<&str> =
+        lib.lines().filter_map(|l| l.strip_prefix("pub mod ")).map(|m| m.trim_end_matches(';')).collect();
+    assert_eq!(modules, LAYERS.iter().copied().collect::<BTreeSet<_>>());
+}
+
 /// The checker itself sees what it must: a group import, a `super` path, a comment it must ignore.
 #[test]
 fn the_import_reader_reads_groups_super_and_skips_comments() {

@@ -1,7 +1,8 @@
 //! Run directories written by an earlier release (rmroute 0.1.0, before the layers issue; made by
 //! `scripts/make_legacy_runs.sh`) still load and score with the rewards that release gave, a finished
-//! RODOS or ARLISS run still takes a new domain, and an unfinished stage of that release is refused with
-//! what to do, never mixed into a new training.
+//! RODOS or ARLISS run still takes a new domain, and an unfinished run of that release (finished stages,
+//! a checkpoint mid-training) resumes to the rewards that release gave it, or is refused when its
+//! settings changed.
 
 mod common;
 
@@ -109,17 +110,46 @@ fn a_finished_routed_run_of_the_release_takes_a_new_domain() {
     }
 }
 
+/// A copy of one of the release's unfinished runs.
+fn unfinished(method: &str, root: &Path) -> PathBuf {
+    let run = root.join(method);
+    copy_dir(&Path::new(fixture()).join("unfinished").join(method), &run);
+    run
+}
+
 #[test]
-fn an_unfinished_stage_of_the_release_is_refused_with_what_to_do() {
+fn an_unfinished_run_of_the_release_resumes_as_the_release_resumed_it() {
+    // RODOS: its reward models finished (stage records of 0.1.0), its router to train. Baseline: killed
+    // mid-training, a checkpoint of 0.1.0 to continue from.
+    for (method, config) in [("rodos", "rodos"), ("baseline", "baseline-long")] {
+        let root = tempfile::tempdir().unwrap();
+        let run = unfinished(method, root.path());
+        let run_arg = run.display().to_string();
+        let config = format!("{}/configs/{config}.json", fixture());
+        let command = format!("train-{method}");
+        stdout_ok(rmroute(&[&command, "--config", &config, "--out", &run_arg, "--resume", "--quiet"]));
+        for domain in DOMAINS {
+            let input = format!("{}/data/{domain}/test.jsonl", fixture());
+            let got = stdout_ok(rmroute(&["score", "--model", &run_arg, "--input", &input, "--quiet"]));
+            let expected =
+                std::fs::read_to_string(format!("{}/expected/resumed-{method}-{domain}.jsonl", fixture())).unwrap();
+            assert_eq!(got, expected, "{method} on {domain}: resumed to other rewards than the release gave");
+        }
+    }
+}
+
+#[test]
+fn an_unfinished_run_of_the_release_with_other_settings_is_refused() {
     let root = tempfile::tempdir().unwrap();
-    let (run, data) = extendable("rodos", root.path());
-    // As if it had been killed before its manifest: finished stages of the old format, no rmroute.json.
-    std::fs::remove_file(run.join("rmroute.json")).unwrap();
-    let config = format!("{}/configs/rodos.json", fixture());
-    let (run_arg, data_arg) = (run.display().to_string(), data.display().to_string());
-    let resumed =
-        rmroute(&["train-rodos", "--config", &config, "--out", &run_arg, "--data", &data_arg, "--resume", "--quiet"]);
+    let run = unfinished("rodos", root.path());
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{}/configs/rodos.json", fixture())).unwrap()).unwrap();
+    config["lr"] = 1e-3.into();
+    let changed = root.path().join("changed.json");
+    std::fs::write(&changed, serde_json::to_vec(&config).unwrap()).unwrap();
+    let (run_arg, config_arg) = (run.display().to_string(), changed.display().to_string());
+    let resumed = rmroute(&["train-rodos", "--config", &config_arg, "--out", &run_arg, "--resume", "--quiet"]);
     assert!(!resumed.status.success());
     let err = String::from_utf8_lossy(&resumed.stderr);
-    assert!(err.contains("older rmroute") && err.contains("--force"), "{err}");
+    assert!(err.contains("rm-alpha") && err.contains("other settings") && err.contains("--force"), "{err}");
 }

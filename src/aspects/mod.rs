@@ -13,6 +13,7 @@
 pub mod answers;
 pub mod client;
 pub mod run;
+mod splits;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,24 +1,24 @@
 //! One `label-aspects` run: read the splits, ask every question not answered before with a few
 //! worker threads, rewrite each split as soon as its questions are done, and count the outcome.
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::answers::{AnswerKey, AnswerLog, AnswerRecord, LoggedLabel};
+use super::answers::{AnswerKey, AnswerLog, AnswerRecord};
 use super::client::{AskError, ChatClient, ClientError, Failure};
+use super::splits::{refuse_foreign_labels, rewrite_split, summarise, SplitAnswers, SplitData};
 use super::{
-    parse_verdict, question_hash, question_messages, request_body, Aspect, AspectCounts, LabelSummary, Order,
-    PairOutcome, UnansweredQuestion, Verdict,
+    parse_verdict, question_hash, question_messages, request_body, Aspect, LabelSummary, Order, UnansweredQuestion,
+    Verdict,
 };
 use crate::data::domains::resolve_domains;
-use crate::data::lines::read_lines;
 use crate::data::{read_pairs, PairRecord};
-use crate::io::{write_atomic, write_atomic_with};
+use crate::io::write_atomic;
 
 /// The answer log's name inside each domain folder.
 pub const ANSWERS_FILE: &str = "aspect-answers.jsonl";
@@ -66,20 +66,6 @@ pub struct RunReport {
     /// Split files whose labels changed.
     pub rewritten: Vec<PathBuf>,
     pub summary_path: PathBuf,
-}
-
-/// One split as read; shared with the workers.
-struct SplitData {
-    domain: usize,
-    name: String,
-    path: PathBuf,
-    records: Vec<PairRecord>,
-}
-
-/// One split's answers so far: `[chosen first, rejected first]` per record and capability point.
-struct SplitAnswers {
-    answers: Vec<[Option<Verdict>; 2]>,
-    pending: usize,
 }
 
 struct Job {
@@ -159,7 +145,7 @@ pub fn label_aspects(opts: &LabelOptions, client: &ChatClient) -> Result<RunRepo
         );
     }
 
-    report.summary = summarise(opts, &domains, &data, &state);
+    report.summary = summarise(&opts.model, &opts.splits, &opts.aspects, &domains, &data, &state);
     report.summary.unanswered = unanswered;
     report.summary_path = opts.data.join(SUMMARY_FILE);
     let mut json = serde_json::to_vec_pretty(&report.summary)?;
@@ -393,118 +379,4 @@ fn worker(
             return;
         }
     }
-}
-
-/// Refuses to replace a label of an asked point that label-aspects did not write (`prepare`'s human
-/// labels, say): the split file is its only copy.
-fn refuse_foreign_labels(
-    path: &Path,
-    split: &str,
-    records: &[PairRecord],
-    aspects: &[Aspect],
-    logged: &HashSet<LoggedLabel>,
-) -> Result<()> {
-    let mut foreign = records.iter().enumerate().flat_map(|(r, record)| {
-        aspects.iter().filter_map(move |aspect| {
-            let label = *record.aspects.as_ref()?.get(&aspect.name)?;
-            let key = (split.to_string(), record.id.clone(), aspect.name.clone(), label);
-            (!logged.contains(&key)).then_some((r, &aspect.name))
-        })
-    });
-    let Some((r, name)) = foreign.next() else { return Ok(()) };
-    let more = match foreign.count() {
-        0 => String::new(),
-        n => format!(" (and {n} more in this file)"),
-    };
-    bail!(
-        "{}:{}: the pair already has a `{name}` label that label-aspects did not write{more}, and asking for \
-         `{name}` would replace it; name the capability point differently in the aspects file (such as \
-         `llm_{name}`), or pass --overwrite to replace such labels",
-        path.display(),
-        line_of(path, r)?
-    )
-}
-
-/// The line of a split file holding its `index`-th record (`read_pairs` skips blank lines).
-fn line_of(path: &Path, index: usize) -> Result<usize> {
-    let mut records = 0;
-    for line in read_lines(path)? {
-        let (number, text) = line?;
-        if !text.trim().is_empty() {
-            if records == index {
-                return Ok(number);
-            }
-            records += 1;
-        }
-    }
-    Ok(index + 1)
-}
-
-/// The split's records with the asked capability points set from the answers: a consistent pair gets
-/// its label, an inconsistent one loses the key (a label that label-aspects wrote, or one --overwrite
-/// replaces), an unanswered one keeps what it had; other keys stay as they were.
-fn labelled(data: &SplitData, answers: &[[Option<Verdict>; 2]], aspects: &[Aspect]) -> Vec<PairRecord> {
-    data.records
-        .iter()
-        .enumerate()
-        .map(|(r, record)| {
-            let mut map = record.aspects.clone().unwrap_or_default();
-            for (a, aspect) in aspects.iter().enumerate() {
-                match PairOutcome::of(answers[r * aspects.len() + a]) {
-                    PairOutcome::Label(label) => map.insert(aspect.name.clone(), label),
-                    PairOutcome::Inconsistent => map.remove(&aspect.name),
-                    PairOutcome::Unanswered => None,
-                };
-            }
-            PairRecord { aspects: (!map.is_empty()).then_some(map), ..record.clone() }
-        })
-        .collect()
-}
-
-/// Rewrites the split file atomically when its labels changed; true when it did.
-fn rewrite_split(data: &SplitData, answers: &[[Option<Verdict>; 2]], aspects: &[Aspect]) -> Result<bool> {
-    let records = labelled(data, answers, aspects);
-    if records == data.records {
-        return Ok(false);
-    }
-    write_pairs(&data.path, &records).with_context(|| format!("rewriting {}", data.path.display()))?;
-    Ok(true)
-}
-
-fn write_pairs(path: &Path, records: &[PairRecord]) -> std::io::Result<()> {
-    write_atomic_with(path, |w| {
-        for record in records {
-            serde_json::to_writer(&mut *w, record)?;
-            w.write_all(b"\n")?;
-        }
-        Ok(())
-    })
-}
-
-fn summarise(opts: &LabelOptions, domains: &[String], data: &[SplitData], state: &[SplitAnswers]) -> LabelSummary {
-    let mut summary = LabelSummary {
-        model: opts.model.clone(),
-        domains: domains.to_vec(),
-        splits: opts.splits.clone(),
-        ..Default::default()
-    };
-    let empty = || -> BTreeMap<String, AspectCounts> {
-        opts.aspects.iter().map(|a| (a.name.clone(), AspectCounts::default())).collect()
-    };
-    summary.aspects.extend(empty());
-    for (split, answers) in data.iter().zip(state) {
-        let by_split = summary.by_domain.entry(domains[split.domain].clone()).or_default();
-        let by_aspect = by_split.entry(split.name.clone()).or_insert_with(empty);
-        for r in 0..split.records.len() {
-            for (a, aspect) in opts.aspects.iter().enumerate() {
-                let outcome = PairOutcome::of(answers.answers[r * opts.aspects.len() + a]);
-                for counts in [&mut *by_aspect, &mut summary.aspects] {
-                    if let Some(c) = counts.get_mut(&aspect.name) {
-                        c.add(outcome);
-                    }
-                }
-            }
-        }
-    }
-    summary
 }

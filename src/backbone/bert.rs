@@ -41,6 +41,7 @@ impl EncoderConfig for BertConfig {
             classifier_key: "classifier".into(),
             classifier_dropout: self.classifier_dropout.unwrap_or(self.hidden_dropout_prob),
             init_std: self.initializer_range,
+            modules_to_save: vec!["classifier".into(), "pooler".into()],
         }
     }
 

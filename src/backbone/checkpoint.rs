@@ -125,7 +125,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<Checkpoint> {
     )
     .with_context(|| format!("parsing {}", config_path.display()))?;
     let family = match config.get("model_type").and_then(|v| v.as_str()) {
-        Some(model_type) => family(model_type).with_context(|| config_path.display().to_string())?,
+        Some(model_type) => family(model_type).map_err(|e| anyhow::anyhow!("{}: {e}", config_path.display()))?,
         None => bail!("{}: no `model_type`", config_path.display()),
     };
     let (weights, raw) = if dir.join("model.safetensors").is_file() {

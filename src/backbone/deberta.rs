@@ -44,6 +44,7 @@ impl EncoderConfig for DebertaConfig {
             classifier_key: "classifier".into(),
             classifier_dropout: self.cls_dropout.unwrap_or(self.hidden_dropout_prob),
             init_std: self.initializer_range,
+            modules_to_save: vec!["classifier".into(), "pooler".into()],
         }
     }
 

@@ -100,6 +100,8 @@ pub struct HeadLayout {
     pub classifier_dropout: f32,
     /// Standard deviation of a new head's weights (`initializer_range`).
     pub init_std: f64,
+    /// The head's modules as PEFT names them in `modules_to_save` (matched on module names).
+    pub modules_to_save: Vec<String>,
 }
 
 impl HeadLayout {

@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use super::manifest::{Role, RunMeta};
-use super::routed::{find_part, part_dir, run_limits, score_by_domain, unknown_domain};
+use super::parts::{find_part, part_dir, run_limits, score_by_domain, unknown_domain};
 pub use super::scorer::Switching;
 use super::scorer::{DomainRouter, MethodResults, ScoreOptions, Scored, Scores, SwitchingTiming};
 use crate::backbone::PairEncoder;

@@ -11,14 +11,15 @@ use candle_core::Device;
 use super::config::TrainConfig;
 use super::manifest::{pairs_fingerprint, prepare_run_dir, RunMeta, Summary};
 use super::reward_model::{self, Keep};
+use super::stage_keys;
 use crate::train::stage::{RunOptions, Stage, StageKey};
 
 /// Trains Baseline (or BaseLoRA when the config's method is `baselora`) and writes the run directory.
-pub fn train(cfg: &TrainConfig, device: Device, opts: &RunOptions) -> Result<PathBuf> {
+pub(crate) fn train(cfg: &TrainConfig, device: Device, opts: &RunOptions) -> Result<PathBuf> {
     let (domains, pairs) = cfg.train_pairs()?;
     let (model, trainer, adamw) = (cfg.model(), cfg.trainer(), cfg.adamw());
-    let settings = serde_json::json!({ "method": cfg.method, "model": model, "trainer": trainer, "optimizer": adamw });
-    let stage = Stage::whole_run(&cfg.out, StageKey::new(&settings, pairs_fingerprint(&pairs))?, opts);
+    let key = StageKey::new(&stage_keys::whole_run(cfg), pairs_fingerprint(&pairs))?;
+    let stage = Stage::whole_run(&cfg.out, key, opts).with_legacy(stage_keys::legacy_whole_run);
     let run = reward_model::load(&model, Keep::Model, cfg.seed, device, opts.quiet)?;
     // Only once the backbone and data are known to load: a typo in the config never costs the old run.
     prepare_run_dir(&cfg.out, opts.resume, opts.force)?;

@@ -12,12 +12,14 @@ pub mod dmoerm;
 pub mod manifest;
 pub mod method;
 pub mod more;
+pub mod parts;
 pub mod reward_model;
 pub mod rodos;
 pub mod routed;
 pub mod router;
 pub mod scorer;
 pub mod single;
+pub mod stage_keys;
 
 use std::path::{Path, PathBuf};
 

@@ -19,6 +19,7 @@ use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use super::config::TrainConfig;
 use super::manifest::{pairs_fingerprint, prepare_run_dir, RunMeta, Summary};
 use super::scorer::{ExpertShares, MethodResults, ScoreOptions, Scored, Scores};
+use super::stage_keys;
 use crate::backbone::{resolve_model_dir, PairEncoder};
 use crate::data::domains::TestSets;
 use crate::data::PairRecord;
@@ -29,7 +30,7 @@ use crate::nn::params::ParamStore;
 use crate::nn::Ctx;
 use crate::train::objective::{chosen_then_rejected, PairRewards, Pairwise, Rewards};
 use crate::train::stage::{RunOptions, Stage, StageKey};
-use crate::train::trainer::train as train_objective;
+use crate::train::trainer;
 
 /// The head's file in a MoRE run directory.
 pub const HEAD_FILE: &str = "more.safetensors";
@@ -138,7 +139,7 @@ impl PairRewards for MoreRewards<'_> {
 }
 
 /// Trains MoRE on every configured domain together and writes the run directory.
-pub fn train(cfg: &TrainConfig, device: Device, opts: &RunOptions) -> Result<PathBuf> {
+pub(crate) fn train(cfg: &TrainConfig, device: Device, opts: &RunOptions) -> Result<PathBuf> {
     let more = cfg.more.clone().unwrap_or_default();
     let (domains, pairs) = cfg.train_pairs()?;
     let backbone_dir = resolve_model_dir(&cfg.backbone)?;
@@ -172,13 +173,10 @@ pub fn train(cfg: &TrainConfig, device: Device, opts: &RunOptions) -> Result<Pat
         );
     }
     let (trainer, adamw) = (cfg.trainer(), cfg.adamw());
-    let settings = serde_json::json!({
-        "method": cfg.method, "model": cfg.model(), "trainer": trainer, "optimizer": adamw, "more": more,
-        "experts": experts,
-    });
-    let stage = Stage::whole_run(out, StageKey::new(&settings, pairs_fingerprint(&pairs))?, opts);
+    let key = StageKey::new(&stage_keys::whole_run(cfg), pairs_fingerprint(&pairs))?;
+    let stage = Stage::whole_run(out, key, opts).with_legacy(stage_keys::legacy_whole_run);
     let objective = Pairwise(MoreRewards { model: &model, pairs: &pairs, coef: more.balance_coef });
-    let trained = train_objective(&objective, &trainer, &adamw, &stage)?;
+    let trained = trainer::train(&objective, &trainer, &adamw, &stage)?;
     stage.finish(|dir| {
         model.encoder.write_encoder(&dir.join(ENCODER_DIR))?;
         model.save_head(&dir.join(HEAD_FILE))?;

@@ -5,7 +5,7 @@
 //! `adapters/`) or the adapter alone.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -59,7 +59,7 @@ pub struct TrainedModel {
 /// A backbone loaded to train a reward model on.
 pub struct RewardModelRun<'a> {
     pub model: RewardModel,
-    backbone_dir: std::path::PathBuf,
+    backbone_dir: PathBuf,
     /// The adapter being trained; none for full fine-tuning.
     adapter: Option<String>,
     settings: &'a ModelSettings,
@@ -78,18 +78,7 @@ pub fn load<'a>(
     if matches!(keep, Keep::Adapter(_)) && settings.lora.is_none() {
         bail!("an adapter-only reward model needs the config's `lora` section");
     }
-    let backbone_dir = resolve_model_dir(&settings.backbone)?;
-    let load = LoadOptions {
-        device,
-        train_encoder: settings.lora.is_none(),
-        seed,
-        new_head: true,
-        labels: None,
-        ..Default::default()
-    };
-    let mut model = RewardModel::load(&backbone_dir, &load)
-        .with_context(|| format!("loading the backbone {}", backbone_dir.display()))?;
-    model.set_limits(settings.max_length, settings.truncation);
+    let (mut model, backbone_dir) = load_backbone(settings, settings.lora.is_none(), None, seed, device)?;
     if !model.new_head.is_empty() && !quiet {
         eprintln!(
             "note: {} has no reward head ({}); a new one is initialised from seed {seed}",
@@ -106,6 +95,24 @@ pub fn load<'a>(
         None => None,
     };
     Ok(RewardModelRun { model, backbone_dir, adapter, settings, keep })
+}
+
+/// `settings.backbone` loaded to train on, and where it was found: its encoder trainable (`train_encoder`)
+/// or frozen, a new head where the checkpoint has none (a classifier over `labels` when given, else one
+/// reward), initialised from `seed`, and the input limits of `settings`.
+pub fn load_backbone(
+    settings: &ModelSettings,
+    train_encoder: bool,
+    labels: Option<Vec<String>>,
+    seed: u64,
+    device: Device,
+) -> Result<(RewardModel, PathBuf)> {
+    let backbone_dir = resolve_model_dir(&settings.backbone)?;
+    let load = LoadOptions { device, train_encoder, seed, new_head: true, labels, ..Default::default() };
+    let mut model = RewardModel::load(&backbone_dir, &load)
+        .with_context(|| format!("loading the backbone {}", backbone_dir.display()))?;
+    model.set_limits(settings.max_length, settings.truncation);
+    Ok((model, backbone_dir))
 }
 
 impl RewardModelRun<'_> {

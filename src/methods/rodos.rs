@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{bail, Result};
 
 use super::manifest::{Role, RunMeta};
-use super::routed::{find_part, part_dir, run_limits, score_by_domain};
+use super::parts::{find_part, part_dir, run_limits, score_by_domain};
 use super::scorer::{DomainRouter, ScoreOptions, Scored, Scores};
 use crate::backbone::PairEncoder;
 use crate::model::{LoadOptions, RewardModel};

@@ -17,6 +17,7 @@ use super::manifest::{pairs_fingerprint, prepare_run_dir, Part, Role, RunMeta, S
 use super::method::Method;
 use super::reward_model::{self, Keep};
 use super::router::RouterPlan;
+use super::stage_keys;
 use crate::data::domains::resolve_domains;
 use crate::data::PairRecord;
 use crate::io::{read_json, write_json};
@@ -45,7 +46,7 @@ fn keeps_adapters(method: Method) -> bool {
 
 /// Trains `cfg.method` (RODOS or ARLISS) into `cfg.out`, or with `add_domain` extends a finished run of
 /// it by one domain.
-pub fn train_routed(cfg: &TrainConfig, device: Device, opts: &RunOptions, add_domain: Option<&str>) -> Result<PathBuf> {
+pub(crate) fn train_routed(cfg: &TrainConfig, device: Device, opts: &RunOptions, add_domain: Option<&str>) -> Result<PathBuf> {
     let method = cfg.method;
     let run = &cfg.out;
     let (cfg, domains, old) = match add_domain {
@@ -193,8 +194,8 @@ fn reward_part(
 ) -> Result<Part> {
     let name = reward_stage(domain);
     let (model, trainer, adamw) = (cfg.model(), cfg.trainer(), cfg.adamw());
-    let settings = serde_json::json!({ "model": model, "trainer": trainer, "optimizer": adamw });
-    let stage = Stage::part(&cfg.out, &name, StageKey::new(&settings, pairs_fingerprint(pairs))?, opts);
+    let key = StageKey::new(&stage_keys::reward_model(&model, &trainer, &adamw), pairs_fingerprint(pairs))?;
+    let stage = Stage::part(&cfg.out, &name, key, opts).with_legacy(stage_keys::legacy_reward_model);
     if let Some(part) = stage.finished()? {
         return Ok(part);
     }
@@ -230,70 +231,4 @@ fn write_manifest(cfg: &TrainConfig, domains: Vec<String>, parts: Vec<Part>, bas
     meta.parts = parts;
     meta.base = base;
     meta.write(&cfg.out)
-}
-
-/// The directory of a run's part, checked to hold `marker` (a finished part).
-pub fn part_dir(dir: &Path, part: &Part, marker: &str) -> Result<PathBuf> {
-    let path = dir.join(&part.path);
-    if !path.join(marker).is_file() {
-        bail!(
-            "{}/rmroute.json names part `{}` at {}, which is missing or incomplete (train it again with --resume, \
-             or restore the directory)",
-            dir.display(),
-            part.name,
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// The run's part of `role` for `domain` (none: any domain).
-pub fn find_part<'a>(dir: &Path, meta: &'a RunMeta, role: Role, domain: Option<&str>) -> Result<&'a Part> {
-    meta.parts.iter().find(|p| p.role == role && (domain.is_none() || p.domain.as_deref() == domain)).with_context(
-        || {
-            let what = match (role, domain) {
-                (Role::Router, _) => "no router among its parts".to_string(),
-                (_, Some(domain)) => format!("no reward part for domain `{domain}`"),
-                (_, None) => "no such part".to_string(),
-            };
-            format!("{}/rmroute.json lists {what}", dir.display())
-        },
-    )
-}
-
-/// Sets the run's length limit and truncation on `model`, unless the caller chose others.
-pub fn run_limits(model: &mut RewardModel, meta: &RunMeta, choice: &super::scorer::ScoreOptions) {
-    let max_length = choice.max_length.unwrap_or(meta.config.max_length);
-    model.set_limits(max_length, choice.truncation.unwrap_or(meta.config.truncation));
-}
-
-/// Groups rows by domain (in domain order), scores each group with `score`, and puts the rewards
-/// back in row order; an unknown domain is an error naming the ones there are.
-pub fn score_by_domain(
-    pairs: &[(&str, &str)],
-    domains: &[String],
-    known: &[String],
-    mut score: impl FnMut(&str, &[(&str, &str)]) -> Result<Option<Vec<f32>>>,
-) -> Result<Vec<f32>> {
-    if pairs.len() != domains.len() {
-        bail!("{} pairs with {} domains", pairs.len(), domains.len());
-    }
-    let mut rewards = vec![f32::NAN; pairs.len()];
-    let mut rows: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, d) in domains.iter().enumerate() {
-        rows.entry(d.as_str()).or_default().push(i);
-    }
-    for (domain, rows) in rows {
-        let inputs: Vec<(&str, &str)> = rows.iter().map(|&i| pairs[i]).collect();
-        let scored = score(domain, &inputs)?.ok_or_else(|| unknown_domain(domain, known))?;
-        for (&i, r) in rows.iter().zip(scored) {
-            rewards[i] = r;
-        }
-    }
-    Ok(rewards)
-}
-
-/// The error for a row routed (or sent) to a domain the run has no reward part for.
-pub fn unknown_domain(domain: &str, known: &[String]) -> anyhow::Error {
-    anyhow::anyhow!("no reward model for domain `{domain}` (have: {})", known.join(", "))
 }

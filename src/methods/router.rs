@@ -11,9 +11,10 @@ use candle_core::Device;
 
 use super::config::{ModelSettings, RouterConfig, TrainConfig};
 use super::manifest::{Part, Role};
-use crate::backbone::resolve_model_dir;
+use super::reward_model::load_backbone;
+use super::stage_keys;
 use crate::data::PairRecord;
-use crate::model::{LoadOptions, RewardModel};
+use crate::model::RewardModel;
 use crate::train::classification::DomainClassification;
 use crate::train::stage::{fingerprint, RunOptions, Stage, StageKey};
 use crate::train::trainer::train;
@@ -74,11 +75,9 @@ impl RouterPlan<'_> {
         let examples = router_examples(domains, pairs);
         let labels: Vec<String> = examples.labels.iter().map(|l| l.to_string()).collect();
         let inputs = fingerprint(examples.prompts.iter().map(String::as_str).chain(labels.iter().map(String::as_str)));
-        let settings = serde_json::json!({
-            "model": model, "trainer": trainer, "optimizer": adamw, "balance": self.section.balance,
-            "adapter": self.adapter, "domains": domains,
-        });
-        let stage = Stage::part(&cfg.out, self.name, StageKey::new(&settings, inputs)?, opts);
+        let settings = stage_keys::router(&model, &trainer, &adamw, self.section.balance, self.adapter, domains);
+        let stage = Stage::part(&cfg.out, self.name, StageKey::new(&settings, inputs)?, opts)
+            .with_legacy(stage_keys::legacy_router);
         if let Some(part) = stage.finished()? {
             return Ok(part);
         }
@@ -121,18 +120,9 @@ fn load_router(
     seed: u64,
     device: Device,
 ) -> Result<RewardModel> {
-    let backbone_dir = resolve_model_dir(&settings.backbone)?;
-    let load = LoadOptions {
-        device,
-        train_encoder: adapter.is_none(),
-        seed,
-        new_head: true,
-        labels: adapter.is_none().then(|| domains.to_vec()),
-        ..Default::default()
-    };
-    let mut model = RewardModel::load(&backbone_dir, &load)
-        .with_context(|| format!("loading the backbone {} for the router", backbone_dir.display()))?;
-    model.set_limits(settings.max_length, settings.truncation);
+    let labels = adapter.is_none().then(|| domains.to_vec());
+    let (mut model, _) =
+        load_backbone(settings, adapter.is_none(), labels, seed, device).context("the router's backbone")?;
     if let Some(name) = adapter {
         let Some(lora) = &settings.lora else { bail!("a router adapter needs the config's `lora` section") };
         model.add_classifier_adapter(name, lora, seed, domains.len())?;

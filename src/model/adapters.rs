@@ -44,7 +44,7 @@ impl RewardModel {
         self.refuse_training_in_bf16()?;
         let mut head_tensors = HashMap::new();
         for (key, t) in self.head_tensors() {
-            if key.starts_with("classifier.") && self.head.outputs() != outputs {
+            if key.starts_with(&format!("{}.", self.head_layout.classifier_key)) && self.head.outputs() != outputs {
                 continue;
             }
             head_tensors.insert(format!("{PEFT_PREFIX}.{key}"), t.detach());
@@ -82,7 +82,7 @@ impl RewardModel {
         let source = weights.display().to_string();
         // A router adapter's classifier has one output per domain; a reward adapter's one.
         let outputs = tensors
-            .get(&format!("{PEFT_PREFIX}.classifier.weight"))
+            .get(&format!("{PEFT_PREFIX}.{}.weight", self.head_layout.classifier_key))
             .and_then(|w| w.dims().first().copied())
             .unwrap_or(1);
         let store = if trainable {

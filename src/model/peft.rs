@@ -40,7 +40,7 @@ impl RewardModel {
             tensors.insert(format!("{PEFT_PREFIX}.{key}"), t);
         }
         // PEFT saves the reward head of a sequence-classification model as modules_to_save.
-        let modules_to_save = ["classifier", "pooler"];
+        let modules_to_save = &self.head_layout.modules_to_save;
         let config = serde_json::json!({
             "peft_type": "LORA",
             "task_type": "SEQ_CLS",

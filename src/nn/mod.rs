@@ -9,6 +9,7 @@ pub mod ctx;
 pub mod layer_norm;
 pub mod linear;
 pub mod lora;
+pub mod lora_config;
 pub mod params;
 
 pub use activation::activation;

@@ -1,4 +1,4 @@
-//! `rmroute serve`: rewards over HTTP for RLHF loops. Any run `load_scorer` loads is served; OpenRLHF's
+//! `rmroute serve`: rewards over HTTP for RLHF loops. Any run `methods::load` loads is served; OpenRLHF's
 //! remote reward model posts `{"query": [...], "prompts"?: [...]}` to `/get_reward`.
 //!
 //! The model runs on a thread of its own: handlers validate a request, queue its rows and await the

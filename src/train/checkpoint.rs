@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::key::StageKey;
+use super::key::{LegacySettings, StageKey};
 use super::optim::AdamW;
 use crate::io::{read_json, save_safetensors, write_json, StagedDir};
 
@@ -22,6 +22,14 @@ pub struct CheckpointState {
     pub epoch_seconds: Vec<f64>,
     pub truncated: usize,
     pub key: StageKey,
+}
+
+/// The state of a checkpoint of rmroute 0.1.0 (its `config` is read by the stage's [`LegacySettings`]).
+#[derive(Deserialize)]
+struct LegacyState {
+    step: usize,
+    epoch_seconds: Vec<f64>,
+    truncated: usize,
 }
 
 /// Whether `dir` holds a checkpoint (or one a crash left moved aside between the two renames of its
@@ -43,8 +51,15 @@ pub fn save(dir: &Path, optimizer: &AdamW, state: &CheckpointState) -> Result<()
 }
 
 /// Restores the optimizer's variables and moments from the checkpoint in `dir`, which must have been
-/// made with `key`.
-pub fn load(dir: &Path, optimizer: &mut AdamW, key: &StageKey, device: &Device) -> Result<CheckpointState> {
+/// made with `key`; a checkpoint of rmroute 0.1.0 is read with `legacy` (it records no data fingerprint:
+/// its settings alone are checked, as that release checked them).
+pub fn load(
+    dir: &Path,
+    optimizer: &mut AdamW,
+    key: &StageKey,
+    legacy: Option<LegacySettings>,
+    device: &Device,
+) -> Result<CheckpointState> {
     let dir: PathBuf = if dir.join(STATE_FILE).is_file() {
         dir.to_path_buf()
     } else if let Some(aside) = StagedDir::moved_aside(dir).filter(|d| d.join(STATE_FILE).is_file()) {
@@ -53,18 +68,36 @@ pub fn load(dir: &Path, optimizer: &mut AdamW, key: &StageKey, device: &Device) 
         bail!("nothing to resume: no checkpoint in {}", dir.display());
     };
     let raw: serde_json::Value = read_json(&dir.join(STATE_FILE))?;
-    if raw.get("key").is_none() && raw.get("config").is_some() {
-        bail!(
-            "the checkpoint in {} was made by an older rmroute (it records a whole config, not a stage key): finish \
-             the run with the release that started it, or start over with --force",
-            dir.display()
-        );
-    }
-    let state: CheckpointState =
-        crate::io::from_value(&raw).with_context(|| format!("reading {}/{STATE_FILE}", dir.display()))?;
-    if let Some(why) = key.mismatch(&state.key) {
-        bail!("the checkpoint in {} {why}", dir.display());
-    }
+    let state = match (raw.get("key"), raw.get("config")) {
+        (None, Some(config)) => {
+            let Some(legacy) = legacy else {
+                bail!(
+                    "the checkpoint in {} was made by an older rmroute (it records a whole config, not a stage key): \
+                     finish the run with the release that started it, or start over with --force",
+                    dir.display()
+                );
+            };
+            if let Some(why) = key.legacy_mismatch(legacy, config, None)? {
+                bail!("the checkpoint in {} {why}", dir.display());
+            }
+            let old: LegacyState =
+                crate::io::from_value(&raw).with_context(|| format!("reading {}/{STATE_FILE}", dir.display()))?;
+            CheckpointState {
+                step: old.step,
+                epoch_seconds: old.epoch_seconds,
+                truncated: old.truncated,
+                key: key.clone(),
+            }
+        }
+        _ => {
+            let state: CheckpointState =
+                crate::io::from_value(&raw).with_context(|| format!("reading {}/{STATE_FILE}", dir.display()))?;
+            if let Some(why) = key.mismatch(&state.key) {
+                bail!("the checkpoint in {} {why}", dir.display());
+            }
+            state
+        }
+    };
     let weights = candle_core::safetensors::load(dir.join("weights.safetensors"), device)?;
     for (name, var) in optimizer.vars() {
         let t = weights.get(name).with_context(|| format!("checkpoint lacks `{name}`"))?;

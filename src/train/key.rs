@@ -1,7 +1,14 @@
-//! A stage's resume key: the settings it trains with and a fingerprint of its training examples.
+//! A stage's resume key: the settings it trains with and a fingerprint of its training examples; and
+//! how a stage reads what rmroute 0.1.0 recorded in place of one.
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
+
+/// rmroute 0.1.0 recorded a stage's whole effective config (`TrainConfig`, a stage's overrides applied)
+/// where a key is now, and checkpoints without a fingerprint of the data. A stage that reads such a
+/// record turns that config into the settings it implies, as far as it can tell: a JSON object whose
+/// fields are compared with the key's fields of the same names.
+pub type LegacySettings = fn(&serde_json::Value) -> Result<serde_json::Value>;
 
 /// What a stage's result depends on: the settings it trains with and a fingerprint of the examples
 /// it trains on. A checkpoint and a finished stage record it; resuming either with another key is
@@ -30,6 +37,26 @@ impl StageKey {
         } else {
             None
         }
+    }
+}
+
+impl StageKey {
+    /// Why a record of rmroute 0.1.0 (its `config`, and its data fingerprint where it has one) does
+    /// not fit this key, if it does not.
+    pub fn legacy_mismatch(
+        &self,
+        legacy: LegacySettings,
+        config: &serde_json::Value,
+        inputs: Option<&str>,
+    ) -> Result<Option<&'static str>> {
+        let recorded = legacy(config)?;
+        let fits =
+            recorded.as_object().is_some_and(|fields| fields.iter().all(|(k, v)| self.settings.get(k) == Some(v)));
+        let key = StageKey {
+            settings: if fits { self.settings.clone() } else { recorded },
+            inputs: inputs.unwrap_or(&self.inputs).to_string(),
+        };
+        Ok(self.mismatch(&key))
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-pub use super::key::{fingerprint, StageKey};
+pub use super::key::{fingerprint, LegacySettings, StageKey};
 use crate::io::{read_json, write_json, StagedDir};
 
 /// The record of a finished stage inside its directory.
@@ -45,6 +45,8 @@ pub struct Stage {
     /// A part of a run of several keeps `stage.json`; a run of one stage is marked finished by its
     /// manifest instead.
     is_part: bool,
+    /// Reads a record of rmroute 0.1.0 (see [`LegacySettings`]); none refuses such records.
+    pub legacy: Option<LegacySettings>,
 }
 
 impl Stage {
@@ -61,7 +63,8 @@ impl Stage {
 
     fn new(name: &str, dir: PathBuf, key: StageKey, run: &RunOptions, is_part: bool) -> Self {
         let has_checkpoint = super::checkpoint::exists(&dir.join("checkpoint"));
-        let stops_here = run.stop_in_stage.as_deref().is_none_or(|s| s == name);
+        // A run of one stage stops where asked whatever stage is named.
+        let stops_here = !is_part || run.stop_in_stage.as_deref().is_none_or(|s| s == name);
         let opts = RunOptions {
             quiet: run.quiet,
             // A run of one stage resumes as asked (a missing checkpoint is then an error).
@@ -70,7 +73,13 @@ impl Stage {
             force: false,
             stop_in_stage: None,
         };
-        Self { name: name.to_string(), dir, key, opts, is_part }
+        Self { name: name.to_string(), dir, key, opts, is_part, legacy: None }
+    }
+
+    /// This stage reads records of rmroute 0.1.0 with `legacy`.
+    pub fn with_legacy(mut self, legacy: LegacySettings) -> Self {
+        self.legacy = Some(legacy);
+        self
     }
 
     /// The record of the finished stage (from `stage.json`), if it finished; an error when it
@@ -81,12 +90,8 @@ impl Stage {
             return Ok(None);
         }
         let record: serde_json::Value = read_json(&path)?;
-        if record.get("key").is_none() && record.get("config").is_some() {
-            bail!(
-                "{} was written by an older rmroute (it records a whole config, not a stage key): finish this run \
-                 with the release that started it, or start over with --force",
-                self.dir.display()
-            );
+        if let (None, Some(config)) = (record.get("key"), record.get("config")) {
+            return self.finished_legacy(&record, config).with_context(|| format!("reading {}", path.display()));
         }
         let record: StageRecord<P> =
             crate::io::from_value(&record).with_context(|| format!("parsing {}", path.display()))?;
@@ -94,6 +99,28 @@ impl Stage {
             bail!("{} {why}", self.dir.display());
         }
         Ok(Some(record.part))
+    }
+
+    /// A finished stage of rmroute 0.1.0 (its `stage.json` records a whole config, and the data's
+    /// fingerprint where it has one).
+    fn finished_legacy<P: DeserializeOwned>(
+        &self,
+        record: &serde_json::Value,
+        config: &serde_json::Value,
+    ) -> Result<Option<P>> {
+        let Some(legacy) = self.legacy else {
+            bail!(
+                "{} was written by an older rmroute (it records a whole config, not a stage key): finish this run \
+                 with the release that started it, or start over with --force",
+                self.dir.display()
+            );
+        };
+        let inputs = record.get("inputs").and_then(|v| v.as_str());
+        if let Some(why) = self.key.legacy_mismatch(legacy, config, inputs)? {
+            bail!("{} {why}", self.dir.display());
+        }
+        let part = record.get("part").context("no `part`")?;
+        Ok(Some(crate::io::from_value(part)?))
     }
 
     /// Writes the finished stage whole, once it has trained: `fill` writes its files into the staged

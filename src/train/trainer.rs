@@ -64,7 +64,7 @@ pub fn train(
     let mut state =
         CheckpointState { step: 0, epoch_seconds: vec![0.0; trainer.epochs], truncated: 0, key: stage.key.clone() };
     if opts.resume {
-        state = checkpoint::load(&checkpoint_dir, &mut optimizer, &stage.key, &device)?;
+        state = checkpoint::load(&checkpoint_dir, &mut optimizer, &stage.key, stage.legacy, &device)?;
         keep_metrics_up_to(&metrics_path, state.step)?;
         if !opts.quiet {
             eprintln!("resuming {} at step {} of {}", stage.dir.display(), state.step, plan.total_steps);

@@ -16,7 +16,7 @@ use crate::heads::aggregator::{Aggregator, AggregatorConfig, AGGREGATOR_CONFIG, 
 use crate::io::read_json;
 use crate::methods::accuracy::accuracy;
 use crate::methods::manifest::{Part, Role, RunMeta};
-use crate::methods::routed::{part_dir, run_limits, score_by_domain};
+use crate::methods::parts::{part_dir, run_limits, score_by_domain};
 use crate::methods::scorer::{DomainRouter, ExpertResult, MethodResults, ScoreOptions, Scored, Scores, TaskResults};
 use crate::model::{LoadOptions, RewardModel};
 use crate::nn::{Adapters, Ctx};

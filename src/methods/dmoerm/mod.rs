@@ -35,6 +35,7 @@ use super::manifest::{pairs_fingerprint, prepare_run_dir, Part, Role, RunMeta, S
 use super::reward_model::{self, Keep};
 use super::routed::reward_stage;
 use super::router::RouterPlan;
+use super::stage_keys;
 use crate::data::domains::resolve_domains;
 use crate::data::split::{mix, stable_hash};
 use crate::data::task::group_by_task;
@@ -45,7 +46,7 @@ use crate::model::LoadOptions;
 use crate::nn::Ctx;
 use crate::train::objective::{chosen_then_rejected, PairRewards, Pairwise, Rewards};
 use crate::train::stage::{fingerprint, RunOptions, Stage, StageKey};
-use crate::train::trainer::train as train_objective;
+use crate::train::trainer;
 
 /// The stage-1 share and the aggregator's share of a task's pairs: a seeded shuffle, then a cut.
 fn split_phases(pairs: &[PairRecord], fraction: f64, seed: u64, task: &str) -> (Vec<PairRecord>, Vec<PairRecord>) {
@@ -57,7 +58,7 @@ fn split_phases(pairs: &[PairRecord], fraction: f64, seed: u64, task: &str) -> (
 }
 
 /// Trains DMoERM into `cfg.out`.
-pub fn train(cfg: &TrainConfig, device: Device, opts: &RunOptions) -> Result<PathBuf> {
+pub(crate) fn train(cfg: &TrainConfig, device: Device, opts: &RunOptions) -> Result<PathBuf> {
     let dm = cfg.dmoerm.clone().context("method `dmoerm` needs a `dmoerm` section")?;
     let folders = resolve_domains(&cfg.data, &cfg.domains)?;
     let mut by_domain = BTreeMap::new();
@@ -187,12 +188,12 @@ fn train_task(
     let rm_inputs = pairs_fingerprint(&plan.phase1);
     let mut parts = vec![train_phase1(cfg, dm, plan, &rm_inputs, device, opts)?];
     let rm_dir = cfg.out.join("stages").join(reward_stage(task));
-    let mut experts = Vec::new();
-    let mut expert_inputs = Vec::new();
+    let (mut experts, mut expert_inputs, mut expert_settings) = (Vec::new(), Vec::new(), Vec::new());
     for aspect in &plan.experts {
-        let (part, inputs) = train_expert(cfg, dm, plan, aspect, &rm_dir, &rm_inputs, device, opts)?;
+        let (part, key) = train_expert(cfg, dm, plan, aspect, &rm_dir, &rm_inputs, device, opts)?;
         experts.push((aspect.clone(), part.name.clone(), cfg.out.join("stages").join(&part.name)));
-        expert_inputs.push(format!("{}:{inputs}", part.name));
+        expert_inputs.push(format!("{}:{}", part.name, key.inputs));
+        expert_settings.push(key.settings);
         parts.push(part);
     }
     if experts.is_empty() {
@@ -203,10 +204,9 @@ fn train_task(
     trainer.validate("").context("the aggregator's settings (`dmoerm.aggregator`)")?;
     let rest = pairs_fingerprint(&plan.rest);
     let inputs = fingerprint(expert_inputs.iter().map(String::as_str).chain([rest.as_str()]));
-    let settings = serde_json::json!({
-        "trainer": trainer, "optimizer": cfg.adamw(), "max_length": cfg.max_length, "truncation": cfg.truncation,
-    });
-    let stage = Stage::part(&cfg.out, &aggregator_stage(task), StageKey::new(&settings, inputs)?, opts);
+    let key = StageKey::new(&stage_keys::dmoerm_aggregator(cfg, &trainer, &expert_settings), inputs)?;
+    let stage =
+        Stage::part(&cfg.out, &aggregator_stage(task), key, opts).with_legacy(stage_keys::legacy_dmoerm_aggregator);
     let part = match stage.finished()? {
         Some(part) => part,
         None => train_aggregator(cfg, &trainer, &stage, task, &rm_dir, &experts, &plan.rest, device)?,
@@ -231,8 +231,9 @@ fn train_phase1(
         model.lora = None;
     }
     let (trainer, adamw) = (cfg.trainer(), cfg.adamw());
-    let settings = serde_json::json!({ "model": model, "trainer": trainer, "optimizer": adamw, "phase1": dm.phase1 });
-    let stage = Stage::part(&cfg.out, &name, StageKey::new(&settings, inputs.to_string())?, opts);
+    let settings = stage_keys::dmoerm_phase1(&model, &trainer, &adamw, &serde_json::json!(dm.phase1));
+    let stage = Stage::part(&cfg.out, &name, StageKey::new(&settings, inputs.to_string())?, opts)
+        .with_legacy(stage_keys::legacy_dmoerm_phase1);
     if let Some(part) = stage.finished()? {
         return Ok(part);
     }
@@ -244,7 +245,7 @@ fn train_phase1(
 }
 
 /// Stage 2: the expert on `aspect`, a LoRA adapter on the frozen stage-1 model in `rm_dir`; its part
-/// and the fingerprint of its inputs.
+/// and its key.
 #[allow(clippy::too_many_arguments)]
 fn train_expert(
     cfg: &TrainConfig,
@@ -255,7 +256,7 @@ fn train_expert(
     rm_inputs: &str,
     device: &Device,
     opts: &RunOptions,
-) -> Result<(Part, String)> {
+) -> Result<(Part, StageKey)> {
     let task = plan.task.as_str();
     let name = expert_stage(task, aspect);
     // Each expert its own initialisation, dropout and order: points that agree often still differ.
@@ -266,10 +267,10 @@ fn train_expert(
     let adamw = cfg.adamw();
     let pairs = aspect_pairs(&plan.phase1, aspect);
     let inputs = fingerprint([rm_inputs, &pairs_fingerprint(&pairs)]);
-    let settings = serde_json::json!({ "model": model, "trainer": trainer, "optimizer": adamw });
-    let stage = Stage::part(&cfg.out, &name, StageKey::new(&settings, inputs.clone())?, opts);
+    let key = StageKey::new(&stage_keys::reward_model(&model, &trainer, &adamw), inputs)?;
+    let stage = Stage::part(&cfg.out, &name, key, opts).with_legacy(stage_keys::legacy_reward_model);
     if let Some(part) = stage.finished()? {
-        return Ok((part, inputs));
+        return Ok((part, stage.key));
     }
     let run = reward_model::load(&model, Keep::Adapter(&name), seed, device.clone(), stage.opts.quiet)?;
     let what = format!("{task} ({aspect})");
@@ -279,7 +280,7 @@ fn train_expert(
         part.aspect = Some(aspect.to_string());
         Ok(part)
     })?;
-    Ok((part, inputs))
+    Ok((part, stage.key))
 }
 
 /// Stage 3: the experts' pooled vectors for every pair are computed once (the experts are frozen and
@@ -318,7 +319,7 @@ fn train_aggregator(
     let hidden = chosen.dim(1)? / experts.len();
     let aggregator = Aggregator::new(experts.len(), hidden, cfg.seed, device)?;
     let objective = Pairwise(AggregatorRewards { aggregator: &aggregator, chosen: &chosen, rejected: &rejected });
-    let mut trained = train_objective(&objective, trainer, &cfg.adamw(), stage)?;
+    let mut trained = trainer::train(&objective, trainer, &cfg.adamw(), stage)?;
     trained.truncated = truncated;
     stage.finish(|dir| {
         aggregator.save(&dir.join(AGGREGATOR_FILE))?;
