@@ -35,6 +35,9 @@ enum Command {
     TrainDmoerm(cli::train::TrainArgs),
     /// Pairwise accuracy per domain, parameters and timings of a trained run → results.json.
     Eval(cli::eval::EvalArgs),
+    /// A router's accuracy per domain (over test pairs and distinct prompts) and its confusion matrix:
+    /// a run's router, or one trained alone (`--only router`) → router-results.json.
+    EvalRouter(cli::eval_router::EvalRouterArgs),
     /// The paper's Tables 2, 3 and 6 over runs (seeds), as Markdown and CSV.
     Report(cli::report::ReportArgs),
     /// Score pairs or responses with a reward model; one JSON line of rewards per input line.
@@ -58,6 +61,7 @@ fn main() -> Result<()> {
         Command::TrainMore(args) => cli::train::run("train-more", &args, None),
         Command::TrainDmoerm(args) => cli::train::run("train-dmoerm", &args, None),
         Command::Eval(args) => cli::eval::run(args),
+        Command::EvalRouter(args) => cli::eval_router::run(args),
         Command::Report(args) => cli::report::run(args),
     }
 }

@@ -54,7 +54,13 @@ fn config(backbone: &Path, data: &Path, out: &Path) -> TrainConfig {
         log_every: 1,
         lora: Some(lora()),
         arliss: Some(ArlissConfig {
-            router: RouterConfig { epochs: Some(12), lr: Some(5e-3), batch_size: None, balance: Balance::ClassWeights },
+            router: RouterConfig {
+                epochs: Some(12),
+                lr: Some(5e-3),
+                batch_size: None,
+                balance: Balance::ClassWeights,
+                ..Default::default()
+            },
         }),
         ..TrainConfig::default()
     }

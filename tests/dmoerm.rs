@@ -98,7 +98,13 @@ fn config(backbone: &Path, data: &Path, out: &Path) -> TrainConfig {
             target_modules: TargetModules::names(&["query", "value", "dense"]),
         }),
         dmoerm: Some(DmoermConfig {
-            router: RouterConfig { epochs: Some(12), lr: Some(2e-3), batch_size: None, balance: Balance::ClassWeights },
+            router: RouterConfig {
+                epochs: Some(12),
+                lr: Some(2e-3),
+                batch_size: None,
+                balance: Balance::ClassWeights,
+                ..Default::default()
+            },
             expert: StageConfig { epochs: Some(10), lr: Some(5e-3), batch_size: None },
             aggregator: StageConfig { epochs: Some(40), lr: Some(1e-2), batch_size: None },
             ..DmoermConfig::default()

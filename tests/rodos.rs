@@ -40,7 +40,13 @@ fn config(backbone: &Path, data: &Path, out: &Path) -> TrainConfig {
         max_length: 32,
         log_every: 1,
         rodos: Some(RodosConfig {
-            router: RouterConfig { epochs: Some(12), lr: Some(2e-3), batch_size: None, balance: Balance::ClassWeights },
+            router: RouterConfig {
+                epochs: Some(12),
+                lr: Some(2e-3),
+                batch_size: None,
+                balance: Balance::ClassWeights,
+                ..Default::default()
+            },
         }),
         ..TrainConfig::default()
     }
@@ -275,4 +281,62 @@ fn class_weights_balance_the_domains_and_sampling_draws_them_evenly() {
     }
     // 3,000 draws, a third of them per domain, where the data holds 60% / 30% / 10%.
     assert!(counts.iter().all(|&c| (850..1150).contains(&c)), "{counts:?}");
+}
+
+/// The router alone, as router experiments run it: `--only router` trains just the router stage,
+/// `eval-router` measures it over test pairs and distinct prompts, and training the whole run with
+/// `--resume` afterwards keeps that router byte for byte.
+#[test]
+fn a_router_trained_alone_is_evaluated_and_kept_by_the_whole_run() {
+    let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    common::write_tiny_bert(base.path(), 1, true, false);
+    common::write_three_domains(data.path());
+    // Every test prompt of alpha twice (two pairs, one prompt): pairs and prompts count differently.
+    let test = data.path().join("alpha/test.jsonl");
+    let text = std::fs::read_to_string(&test).unwrap();
+    let first = text.lines().next().unwrap().replace("alpha/test/0", "alpha/test/again");
+    std::fs::write(&test, format!("{text}{first}\n")).unwrap();
+    let run = out.path().join("run");
+    let mut cfg = serde_json::to_value(config(base.path(), data.path(), &run)).unwrap();
+    cfg["epochs"] = 2.into();
+    let cfg_path = out.path().join("rodos.json");
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let (rmroute, ok) = (common::rmroute, common::stdout_ok);
+    let config_arg = cfg_path.to_str().unwrap();
+    let trained = ok(rmroute(&["train-rodos", "--config", config_arg, "--only", "router", "--quiet"]));
+    assert!(trained.contains("eval-router"), "{trained}");
+    assert!(run.join("stages/router/stage.json").is_file() && !run.join("stages/rm-alpha").exists());
+    assert!(!run.join("rmroute.json").exists(), "a router alone is not a finished run");
+    let report =
+        ok(rmroute(&["eval-router", "--model", run.to_str().unwrap(), "--data", data.path().to_str().unwrap()]));
+    assert!(report.contains("Router accuracy") && report.contains("Router confusion"), "{report}");
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("stages/router/router-results.json")).unwrap()).unwrap();
+    assert_eq!(results["labels"], serde_json::json!(["alpha", "beta", "gamma"]));
+    let records = rmroute::data::read_pairs(&test).unwrap();
+    let distinct: std::collections::BTreeSet<&str> = records.iter().map(|r| r.prompt.as_str()).collect();
+    assert!(distinct.len() < records.len());
+    assert_eq!(results["prompts"]["alpha"], distinct.len());
+    let pairs: u64 = results["confusion"][0].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(pairs as usize, records.len());
+    assert!(results["accuracy"].as_f64().unwrap() >= 0.95, "{results}");
+    assert!(results["prompt_accuracy"].as_f64().unwrap() >= 0.95, "{results}");
+
+    let router = common::files(&run.join("stages/router"));
+    ok(rmroute(&["train-rodos", "--config", config_arg, "--resume", "--quiet"]));
+    let mut after = common::files(&run.join("stages/router"));
+    after.remove(Path::new("router-results.json"));
+    let mut before = router;
+    before.remove(Path::new("router-results.json"));
+    assert_eq!(after, before, "the whole run kept the router trained alone");
+    // eval-router on the finished run reads its router.
+    ok(rmroute(&["eval-router", "--model", run.to_str().unwrap(), "--data", data.path().to_str().unwrap()]));
+    assert!(run.join("router-results.json").is_file());
+    // A method without a router says so.
+    cfg["method"] = "baseline".into();
+    cfg.as_object_mut().unwrap().remove("rodos");
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let none = rmroute(&["train-baseline", "--config", config_arg, "--only", "router", "--quiet", "--force"]);
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(!none.status.success() && err.contains("has no router"), "{err}");
 }

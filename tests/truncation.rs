@@ -59,3 +59,35 @@ fn the_strategies_differ_on_a_long_prompt() {
     assert_ne!(longest.ids, end.ids);
     assert_eq!((longest.ids.len(), end.ids.len()), (12, 12));
 }
+
+/// A prompt read alone (by a router) keeps its end or its start: the ids of the untruncated prompt,
+/// cut on the side the setting names, between the specials.
+#[test]
+fn a_prompt_alone_keeps_the_end_or_the_start_it_is_told() {
+    use rmroute::backbone::encoding::PromptTruncation;
+    let tokenizer = load_tokenizer(&common::fixture("tiny-spm")).unwrap();
+    let prompt = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen";
+    let mut whole = PairEncoder::new(tokenizer.clone(), 512, Truncation::LongestFirst);
+    let full = whole.encode_single(prompt).unwrap();
+    assert!(!full.truncated && full.ids.len() > 12);
+    let inner = &full.ids[1..full.ids.len() - 1];
+    for (cut, kept) in
+        [(PromptTruncation::KeepEnd, &inner[inner.len() - 10..]), (PromptTruncation::KeepStart, &inner[..10])]
+    {
+        whole.max_length = 12;
+        whole.prompt_truncation = cut;
+        let row = whole.encode_single(prompt).unwrap();
+        assert!(row.truncated);
+        assert_eq!(row.ids.len(), 12);
+        assert_eq!(
+            (row.ids[0], row.ids[11]),
+            (full.ids[0], full.ids[full.ids.len() - 1]),
+            "{cut:?}: the specials stay"
+        );
+        assert_eq!(&row.ids[1..11], kept, "{cut:?}");
+    }
+    // Before routers had a setting of their own, the pairs' truncation decided (still the default).
+    let pair_cut = |t| PairEncoder::new(tokenizer.clone(), 12, t).prompt_truncation;
+    assert_eq!(pair_cut(Truncation::LongestFirst), PromptTruncation::KeepStart);
+    assert_eq!(pair_cut(Truncation::KeepPromptEnd), PromptTruncation::KeepEnd);
+}

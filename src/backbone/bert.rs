@@ -10,7 +10,8 @@ use serde::Deserialize;
 use super::{Checkpoint, Encoder, EncoderConfig, Family, HeadLayout};
 use crate::nn::attention::attention_probs;
 use crate::nn::lora::LoraLinear;
-use crate::nn::{activation, Ctx, LayerNorm};
+use crate::nn::residual::{DenseActivation, DenseResidualNorm};
+use crate::nn::{Ctx, LayerNorm};
 
 /// The BERT family (`model_type: bert`).
 pub const FAMILY: Family = Family {
@@ -165,69 +166,39 @@ impl BertSelfAttention {
     }
 }
 
-/// `BertSelfOutput` and `BertOutput`: a projection, dropout, then layer norm over the residual.
-struct BertOutput {
-    dense: LoraLinear,
-    layer_norm: LayerNorm,
-    dropout: f32,
-}
-
-impl BertOutput {
-    fn load(vb: VarBuilder, in_dim: usize, config: &BertConfig) -> Result<Self> {
-        let h = config.hidden_size;
-        Ok(Self {
-            dense: LoraLinear::load(vb.pp("dense"), in_dim, h, true)?,
-            layer_norm: LayerNorm::load(vb.pp("LayerNorm"), h, config.layer_norm_eps)?,
-            dropout: config.hidden_dropout_prob,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, residual: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let out = ctx.dropout(&self.dense.forward(x, ctx)?, self.dropout)?;
-        self.layer_norm.forward(&(out + residual)?)
-    }
-}
-
 /// `BertAttention`: self-attention and its output.
 struct BertAttention {
     self_attention: BertSelfAttention,
-    output: BertOutput,
-}
-
-/// `BertIntermediate`: the feed-forward's first projection and its activation.
-struct BertIntermediate {
-    dense: LoraLinear,
-    activation: String,
+    /// `…SelfOutput`.
+    output: DenseResidualNorm,
 }
 
 /// `BertLayer`: attention, then the feed-forward network.
 struct BertLayer {
     attention: BertAttention,
-    intermediate: BertIntermediate,
-    output: BertOutput,
+    intermediate: DenseActivation,
+    output: DenseResidualNorm,
 }
 
 impl BertLayer {
     fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
         let (h, inter) = (config.hidden_size, config.intermediate_size);
+        let (eps, dropout) = (config.layer_norm_eps, config.hidden_dropout_prob);
         let att = vb.pp("attention");
         Ok(Self {
             attention: BertAttention {
                 self_attention: BertSelfAttention::load(att.pp("self"), config)?,
-                output: BertOutput::load(att.pp("output"), h, config)?,
+                output: DenseResidualNorm::load(att.pp("output"), h, h, eps, dropout)?,
             },
-            intermediate: BertIntermediate {
-                dense: LoraLinear::load(vb.pp("intermediate.dense"), h, inter, true)?,
-                activation: config.hidden_act.clone(),
-            },
-            output: BertOutput::load(vb.pp("output"), inter, config)?,
+            intermediate: DenseActivation::load(vb.pp("intermediate"), h, inter, &config.hidden_act)?,
+            output: DenseResidualNorm::load(vb.pp("output"), inter, h, eps, dropout)?,
         })
     }
 
     fn forward(&self, x: &Tensor, keep: &Tensor, ctx: &Ctx) -> Result<Tensor> {
         let context = self.attention.self_attention.forward(x, keep, ctx)?;
         let attended = self.attention.output.forward(&context, x, ctx)?;
-        let inner = activation(&self.intermediate.activation, &self.intermediate.dense.forward(&attended, ctx)?)?;
+        let inner = self.intermediate.forward(&attended, ctx)?;
         self.output.forward(&inner, &attended, ctx)
     }
 

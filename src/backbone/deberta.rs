@@ -12,7 +12,8 @@ use serde::{Deserialize, Deserializer};
 use super::{Checkpoint, Encoder, EncoderConfig, Family, HeadLayout};
 use crate::nn::attention::attention_probs;
 use crate::nn::lora::LoraLinear;
-use crate::nn::{activation, Adapters, Ctx, LayerNorm};
+use crate::nn::residual::{DenseActivation, DenseResidualNorm};
+use crate::nn::{Adapters, Ctx, LayerNorm};
 use crate::ops::relative_scores::{add_relative_scores, RelativeIndex, Side};
 
 /// The DeBERTa-v2/v3 family (`model_type: deberta-v2`).
@@ -330,70 +331,40 @@ impl DisentangledSelfAttention {
     }
 }
 
-/// `DebertaV2SelfOutput` and `DebertaV2Output`: a projection, dropout, then layer norm over the residual.
-struct DebertaOutput {
-    dense: LoraLinear,
-    layer_norm: LayerNorm,
-    dropout: f32,
-}
-
-impl DebertaOutput {
-    fn load(vb: VarBuilder, in_dim: usize, config: &DebertaConfig) -> Result<Self> {
-        let h = config.hidden_size;
-        Ok(Self {
-            dense: LoraLinear::load(vb.pp("dense"), in_dim, h, true)?,
-            layer_norm: LayerNorm::load(vb.pp("LayerNorm"), h, config.layer_norm_eps)?,
-            dropout: config.hidden_dropout_prob,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, residual: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let out = ctx.dropout(&self.dense.forward(x, ctx)?, self.dropout)?;
-        self.layer_norm.forward(&(out + residual)?)
-    }
-}
-
 /// `DebertaV2Attention`: disentangled self-attention and its output.
 struct DebertaAttention {
     self_attention: DisentangledSelfAttention,
-    output: DebertaOutput,
-}
-
-/// `DebertaV2Intermediate`: the feed-forward's first projection and its activation.
-struct DebertaIntermediate {
-    dense: LoraLinear,
-    activation: String,
+    /// `…SelfOutput`.
+    output: DenseResidualNorm,
 }
 
 /// `DebertaV2Layer`: attention, then the feed-forward network.
 struct DebertaLayer {
     attention: DebertaAttention,
-    intermediate: DebertaIntermediate,
-    output: DebertaOutput,
+    intermediate: DenseActivation,
+    output: DenseResidualNorm,
 }
 
 impl DebertaLayer {
     fn load(vb: VarBuilder, config: &DebertaConfig) -> Result<Self> {
         let all_head = config.num_attention_heads * config.head_size();
         let (h, inter) = (config.hidden_size, config.intermediate_size);
+        let (eps, dropout) = (config.layer_norm_eps, config.hidden_dropout_prob);
         let att = vb.pp("attention");
         Ok(Self {
             attention: DebertaAttention {
                 self_attention: DisentangledSelfAttention::load(att.pp("self"), config)?,
-                output: DebertaOutput::load(att.pp("output"), all_head, config)?,
+                output: DenseResidualNorm::load(att.pp("output"), all_head, h, eps, dropout)?,
             },
-            intermediate: DebertaIntermediate {
-                dense: LoraLinear::load(vb.pp("intermediate.dense"), h, inter, true)?,
-                activation: config.hidden_act.clone(),
-            },
-            output: DebertaOutput::load(vb.pp("output"), inter, config)?,
+            intermediate: DenseActivation::load(vb.pp("intermediate"), h, inter, &config.hidden_act)?,
+            output: DenseResidualNorm::load(vb.pp("output"), inter, h, eps, dropout)?,
         })
     }
 
     fn forward(&self, x: &Tensor, keep: &Tensor, rel: Option<&RelativePositions>, ctx: &Ctx) -> Result<Tensor> {
         let context = self.attention.self_attention.forward(x, keep, rel, ctx)?;
         let attended = self.attention.output.forward(&context, x, ctx)?;
-        let inner = activation(&self.intermediate.activation, &self.intermediate.dense.forward(&attended, ctx)?)?;
+        let inner = self.intermediate.forward(&attended, ctx)?;
         self.output.forward(&inner, &attended, ctx)
     }
 

@@ -32,6 +32,30 @@ impl std::fmt::Display for Truncation {
     }
 }
 
+/// Which end of a prompt longer than the limit survives when the prompt is read alone (by a router).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum PromptTruncation {
+    /// The end: the latest turns, which say most about what is being asked (transformers'
+    /// `truncation_side="left"`).
+    #[default]
+    KeepEnd,
+    /// The start (`truncation_side="right"`).
+    KeepStart,
+}
+
+impl PromptTruncation {
+    /// What a prompt read alone kept before routers had a setting of their own: its start under
+    /// `longest_first`, its end under `keep_prompt_end`.
+    pub fn following(truncation: Truncation) -> Self {
+        match truncation {
+            Truncation::LongestFirst => PromptTruncation::KeepStart,
+            Truncation::KeepPromptEnd => PromptTruncation::KeepEnd,
+        }
+    }
+}
+
 /// Token ids of a padded batch, `(batch, seq)` each.
 pub struct Batch {
     pub input_ids: Tensor,
@@ -55,13 +79,15 @@ pub struct PairEncoder {
     pub tokenizer: Tokenizer,
     pub max_length: usize,
     pub truncation: Truncation,
+    /// Which end of a prompt read alone survives ([`Self::encode_single`]).
+    pub prompt_truncation: PromptTruncation,
     pad_id: u32,
 }
 
 impl PairEncoder {
     pub fn new(tokenizer: Tokenizer, max_length: usize, truncation: Truncation) -> Self {
         let pad_id = tokenizer.token_to_id("[PAD]").or_else(|| tokenizer.token_to_id("<pad>")).unwrap_or(0);
-        Self { tokenizer, max_length, truncation, pad_id }
+        Self { tokenizer, max_length, truncation, prompt_truncation: PromptTruncation::following(truncation), pad_id }
     }
 
     /// Special tokens the tokenizer adds around a pair (3 for `[CLS] a [SEP] b [SEP]`).
@@ -104,7 +130,7 @@ impl PairEncoder {
     }
 
     /// A prompt alone (`tokenizer(prompt)`, for routers, which never see the response), cut to
-    /// `max_length`: from its end under `longest_first`, from its start under `keep_prompt_end`.
+    /// `max_length` keeping the end that `prompt_truncation` names.
     pub fn encode_single(&self, text: &str) -> Result<Row> {
         let mut a = self.tokenizer.encode(text, false).map_err(anyhow::Error::msg)?;
         let added =
@@ -112,9 +138,9 @@ impl PairEncoder {
         let budget = self.max_length.saturating_sub(added);
         let truncated = a.len() > budget;
         if truncated {
-            let direction = match self.truncation {
-                Truncation::LongestFirst => TruncationDirection::Right,
-                Truncation::KeepPromptEnd => TruncationDirection::Left,
+            let direction = match self.prompt_truncation {
+                PromptTruncation::KeepStart => TruncationDirection::Right,
+                PromptTruncation::KeepEnd => TruncationDirection::Left,
             };
             a.truncate(budget, 0, direction);
         }

@@ -16,7 +16,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 pub use checkpoint::{load_checkpoint, resolve_model_dir, Checkpoint};
-pub use encoding::{Batch, PairEncoder, Truncation};
+pub use encoding::{Batch, PairEncoder, PromptTruncation, Truncation};
 
 use crate::nn::lora::LoraLinear;
 use crate::nn::Ctx;

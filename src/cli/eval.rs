@@ -148,7 +148,7 @@ fn print(results: &Results) {
             }
             let om = results.oracle_mean_accuracy.unwrap_or(f64::NAN);
             println!("| mean | | {mean:.4} | {om:.4} | {:.4} |", router.accuracy);
-            println!("\n{}", report::confusion_markdown(router));
+            println!("\n{}\n{}", report::router_markdown(router), report::confusion_markdown(router));
         }
         _ => {
             println!("| domain | pairs | accuracy |\n|---|---:|---:|");

@@ -1,6 +1,7 @@
 //! One module per subcommand; `main.rs` only parses and dispatches.
 
 pub mod eval;
+pub mod eval_router;
 pub mod label_aspects;
 pub mod model;
 pub mod prepare;

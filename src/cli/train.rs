@@ -38,6 +38,17 @@ pub struct TrainArgs {
     /// No progress bars.
     #[arg(long)]
     pub quiet: bool,
+    /// Train one stage alone: `router` (RODOS, ARLISS, DMoERM) trains just the router into
+    /// OUT/stages/router, for router experiments (`rmroute eval-router --model OUT`); training the
+    /// whole run later with --resume keeps it.
+    #[arg(long, value_enum)]
+    pub only: Option<Only>,
+}
+
+/// A stage to train alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    Router,
 }
 
 impl TrainArgs {
@@ -90,6 +101,19 @@ pub fn run(command: &str, args: &TrainArgs, add_domain: Option<&str>) -> Result<
         bail!("the config trains method `{}`: run `rmroute {}`", cfg.method.as_str(), cfg.method.command());
     }
     let device = super::device(&cfg.device)?;
+    if args.only == Some(Only::Router) {
+        if add_domain.is_some() {
+            bail!("--only router trains a router alone; --add-domain extends a finished run: pass one of them");
+        }
+        let stage = rmroute::methods::train_router(&cfg, device, &args.options())?;
+        println!(
+            "trained the router of {} → {} (evaluate it: rmroute eval-router --model {})",
+            cfg.method(),
+            stage.display(),
+            cfg.out.display()
+        );
+        return Ok(());
+    }
     let out = rmroute::methods::train(&cfg, device, &args.options(), add_domain)?;
     println!("trained {} → {}", cfg.method(), out.display());
     Ok(())

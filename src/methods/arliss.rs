@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use super::manifest::{Role, RunMeta};
-use super::parts::{find_part, part_dir, run_limits, score_by_domain, unknown_domain};
+use super::parts::{find_part, part_dir, router_limits, score_by_domain, unknown_domain};
 pub use super::scorer::Switching;
 use super::scorer::{DomainRouter, MethodResults, ScoreOptions, Scored, Scores, SwitchingTiming};
 use crate::backbone::PairEncoder;
@@ -42,7 +42,8 @@ pub fn load(dir: &Path, meta: &RunMeta, opts: &LoadOptions, choice: &ScoreOption
         format!("{}/rmroute.json is an ARLISS run that does not say which base it adapts", dir.display())
     })?;
     let mut model = RewardModel::load(&base.locate()?, opts)?;
-    run_limits(&mut model, meta, choice);
+    // One model reads prompts for the router adapter and pairs for the reward adapters.
+    router_limits(&mut model, meta, choice);
     model.load_adapter(&part_dir(dir, router_part, "adapter_config.json")?, ROUTER_ADAPTER, false)?;
     let outputs = model.adapter(ROUTER_ADAPTER)?.head.outputs();
     if outputs != meta.domains.len() {

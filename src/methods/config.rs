@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::backbone::Truncation;
+use crate::backbone::{PromptTruncation, Truncation};
 use crate::data::domains::{load_domain_pairs, load_train_pairs};
 use crate::data::PairRecord;
 use crate::heads::moe::MoreConfig;
@@ -97,9 +97,19 @@ pub struct RouterConfig {
     pub batch_size: Option<usize>,
     /// `class_weights` (default), `sampling` or `none`: the paper's domains range from 57% to 4%.
     pub balance: Balance,
+    /// Which end of a prompt longer than `max_length` the router reads: `keep_end` (the latest turns)
+    /// or `keep_start`; unset, the end the config's `truncation` implies
+    /// ([`RouterConfig::prompt_truncation`]).
+    pub truncation: Option<PromptTruncation>,
 }
 
 impl RouterConfig {
+    /// Which end of a long prompt the router reads, for a run whose pairs are cut by `truncation`:
+    /// the setting, or for a run written before it existed, what routers did then.
+    pub fn prompt_truncation(&self, truncation: Truncation) -> PromptTruncation {
+        self.truncation.unwrap_or(PromptTruncation::following(truncation))
+    }
+
     /// The router's own epochs, learning rate and batch size.
     pub fn overrides(&self) -> StageOverrides {
         StageOverrides { epochs: self.epochs, lr: self.lr, batch_size: self.batch_size }

@@ -49,6 +49,18 @@ pub fn train(cfg: &TrainConfig, device: Device, opts: &RunOptions, add_domain: O
     }
 }
 
+/// Trains only the router stage of `cfg`'s routed method (RODOS's or ARLISS's over the domains,
+/// DMoERM's over the tasks) into `cfg.out/stages/router`, for router experiments; its directory. The
+/// run stays unfinished: training it whole with `--resume` keeps this router.
+pub fn train_router(cfg: &TrainConfig, device: Device, opts: &RunOptions) -> Result<PathBuf> {
+    cfg.validate()?;
+    match cfg.method {
+        Method::Rodos | Method::Arliss => routed::train_router_only(cfg, device, opts),
+        Method::Dmoerm => dmoerm::train_router_only(cfg, device, opts),
+        other => bail!("method `{other}` has no router (RODOS, ARLISS and DMoERM have one)"),
+    }
+}
+
 /// Loads `dir` for scoring: an rmroute run (its `rmroute.json` says which method made it, and the
 /// method loads it), or a Hugging Face reward model checkpoint with optional PEFT adapters.
 pub fn load(dir: &Path, opts: &LoadOptions, choice: &ScoreOptions) -> Result<Scorer> {

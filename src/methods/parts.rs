@@ -45,6 +45,15 @@ pub fn run_limits(model: &mut RewardModel, meta: &RunMeta, choice: &ScoreOptions
     model.set_limits(max_length, choice.truncation.unwrap_or(meta.config.truncation));
 }
 
+/// [`run_limits`] for a router: also which end of a long prompt it reads, as the run's router settings say.
+pub fn router_limits(model: &mut RewardModel, meta: &RunMeta, choice: &ScoreOptions) {
+    run_limits(model, meta, choice);
+    let truncation = choice.truncation.unwrap_or(meta.config.truncation);
+    if let Some(router) = meta.config.router() {
+        model.set_prompt_truncation(router.prompt_truncation(truncation));
+    }
+}
+
 /// Groups rows by domain (in domain order), scores each group with `score`, and puts the rewards
 /// back in row order; an unknown domain is an error naming the ones there are.
 pub fn score_by_domain(

@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{bail, Result};
 
 use super::manifest::{Role, RunMeta};
-use super::parts::{find_part, part_dir, run_limits, score_by_domain};
+use super::parts::{find_part, part_dir, router_limits, run_limits, score_by_domain};
 use super::scorer::{DomainRouter, ScoreOptions, Scored, Scores};
 use crate::backbone::PairEncoder;
 use crate::model::{LoadOptions, RewardModel};
@@ -27,7 +27,7 @@ pub struct Rodos {
 pub fn load(dir: &Path, meta: &RunMeta, opts: &LoadOptions, choice: &ScoreOptions) -> Result<Rodos> {
     let router_part = find_part(dir, meta, Role::Router, None)?;
     let mut router = RewardModel::load(&part_dir(dir, router_part, "config.json")?, opts)?;
-    run_limits(&mut router, meta, choice);
+    router_limits(&mut router, meta, choice);
     if router.labels != meta.domains {
         bail!(
             "the router in {} chooses among {:?}, the run's domains are {:?}",

@@ -46,7 +46,12 @@ fn keeps_adapters(method: Method) -> bool {
 
 /// Trains `cfg.method` (RODOS or ARLISS) into `cfg.out`, or with `add_domain` extends a finished run of
 /// it by one domain.
-pub(crate) fn train_routed(cfg: &TrainConfig, device: Device, opts: &RunOptions, add_domain: Option<&str>) -> Result<PathBuf> {
+pub(crate) fn train_routed(
+    cfg: &TrainConfig,
+    device: Device,
+    opts: &RunOptions,
+    add_domain: Option<&str>,
+) -> Result<PathBuf> {
     let method = cfg.method;
     let run = &cfg.out;
     let (cfg, domains, old) = match add_domain {
@@ -114,6 +119,38 @@ pub(crate) fn train_routed(cfg: &TrainConfig, device: Device, opts: &RunOptions,
         }
     }
     Ok(run.clone())
+}
+
+/// Trains only the router stage of a RODOS or ARLISS run (`RUN/stages/router`), for router
+/// experiments; the run stays unfinished, and training it whole with `--resume` keeps this router.
+pub(crate) fn train_router_only(cfg: &TrainConfig, device: Device, opts: &RunOptions) -> Result<PathBuf> {
+    let method = cfg.method;
+    let run = &cfg.out;
+    let domains = resolve_domains(&cfg.data, &cfg.domains)?;
+    if domains.len() < 2 {
+        bail!("a router chooses between domains: {} has only {}", cfg.data.display(), domains.join(", "));
+    }
+    let base = if keeps_adapters(method) { Some(BaseRef::of(&cfg.backbone)?) } else { None };
+    let mut pairs = BTreeMap::new();
+    for domain in &domains {
+        pairs.insert(domain.clone(), cfg.domain_pairs(domain)?);
+    }
+    prepare_run_dir(run, opts.resume, opts.force)?;
+    std::fs::create_dir_all(run.join("stages"))?;
+    if let Some(base) = &base {
+        check_base(run, base, None)?;
+    }
+    let default_router = RouterConfig::default();
+    let section_name = format!("{}.router", method.as_str());
+    let router = RouterPlan {
+        cfg,
+        section: cfg.router().unwrap_or(&default_router),
+        section_name: &section_name,
+        name: "router",
+        adapter: keeps_adapters(method),
+    };
+    router.train(&domains, &pairs, device, opts)?;
+    Ok(run.join("stages").join("router"))
 }
 
 /// Every stage of an ARLISS run is trained on one base: the first records it in `stages/base.json`
@@ -194,7 +231,8 @@ fn reward_part(
 ) -> Result<Part> {
     let name = reward_stage(domain);
     let (model, trainer, adamw) = (cfg.model(), cfg.trainer(), cfg.adamw());
-    let key = StageKey::new(&stage_keys::reward_model(&model, &trainer, &adamw), pairs_fingerprint(pairs))?;
+    let key =
+        StageKey::new(&stage_keys::reward_model(&model, &trainer, &adamw, cfg.max_pairs), pairs_fingerprint(pairs))?;
     let stage = Stage::part(&cfg.out, &name, key, opts).with_legacy(stage_keys::legacy_reward_model);
     if let Some(part) = stage.finished()? {
         return Ok(part);

@@ -5,6 +5,7 @@
 //! base, saved in PEFT layout; DMoERM routes through it too. The router is a stage of its run.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -12,9 +13,12 @@ use candle_core::Device;
 use super::config::{ModelSettings, RouterConfig, TrainConfig};
 use super::manifest::{Part, Role};
 use super::reward_model::load_backbone;
+use super::scorer::DomainRouter;
 use super::stage_keys;
+use crate::backbone::{resolve_model_dir, PromptTruncation};
 use crate::data::PairRecord;
-use crate::model::RewardModel;
+use crate::model::{LoadOptions, RewardModel};
+use crate::nn::Adapters;
 use crate::train::classification::DomainClassification;
 use crate::train::stage::{fingerprint, RunOptions, Stage, StageKey};
 use crate::train::trainer::train;
@@ -75,14 +79,17 @@ impl RouterPlan<'_> {
         let examples = router_examples(domains, pairs);
         let labels: Vec<String> = examples.labels.iter().map(|l| l.to_string()).collect();
         let inputs = fingerprint(examples.prompts.iter().map(String::as_str).chain(labels.iter().map(String::as_str)));
-        let settings = stage_keys::router(&model, &trainer, &adamw, self.section.balance, self.adapter, domains);
+        let prompts_cut = self.section.prompt_truncation(model.truncation);
+        let trained = stage_keys::reward_model(&model, &trainer, &adamw, cfg.max_pairs);
+        let settings = stage_keys::router(trained, self.section.balance, prompts_cut, self.adapter, domains);
         let stage = Stage::part(&cfg.out, self.name, StageKey::new(&settings, inputs)?, opts)
             .with_legacy(stage_keys::legacy_router);
         if let Some(part) = stage.finished()? {
             return Ok(part);
         }
         let adapter = self.adapter.then_some(ROUTER_ADAPTER);
-        let router = load_router(&model, domains, adapter, cfg.seed, device)?;
+        let mut router = load_router(&model, domains, adapter, cfg.seed, device)?;
+        router.set_prompt_truncation(prompts_cut);
         let RouterExamples { prompts, labels, .. } = &examples;
         let objective = DomainClassification::new(&router, adapter, prompts, labels, self.section.balance)?;
         if !stage.opts.quiet {
@@ -128,4 +135,70 @@ fn load_router(
         model.add_classifier_adapter(name, lora, seed, domains.len())?;
     }
     Ok(model)
+}
+
+/// A router alone, loaded from its stage directory (`RUN/stages/router…`, finished): for router
+/// experiments (`rmroute train-<method> --only router`, `rmroute eval-router`). It routes; it gives no
+/// rewards.
+pub struct RouterOnly {
+    pub domains: Vec<String>,
+    pub model: RewardModel,
+    /// The router adapter's name (ARLISS), none for a whole classifier.
+    adapter: Option<String>,
+}
+
+/// What a router stage's key records of its settings.
+#[derive(serde::Deserialize)]
+struct RouterStageSettings {
+    model: ModelSettings,
+    prompt_truncation: PromptTruncation,
+    adapter: bool,
+    domains: Vec<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct RouterStageRecord {
+    key: crate::train::stage::StageKey,
+}
+
+impl RouterOnly {
+    /// Loads the finished router stage in `dir`: the classifier there, or the router adapter there on
+    /// the backbone its key names, with the input limits it trained with.
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let path = dir.join(crate::train::stage::STAGE_FILE);
+        if !path.is_file() {
+            bail!("{} holds no finished stage ({} is missing)", dir.display(), path.display());
+        }
+        let record: RouterStageRecord = crate::io::read_json(&path).with_context(|| {
+            format!("{} is not a router stage of this release (evaluate the finished run instead)", dir.display())
+        })?;
+        let settings: RouterStageSettings = crate::io::from_value(&record.key.settings)
+            .with_context(|| format!("{}: not a router stage", path.display()))?;
+        let (mut model, adapter) = if settings.adapter {
+            let base = resolve_model_dir(&settings.model.backbone)?;
+            let mut model = RewardModel::load(&base, opts)?;
+            model.load_adapter(dir, ROUTER_ADAPTER, false)?;
+            (model, Some(ROUTER_ADAPTER.to_string()))
+        } else {
+            (RewardModel::load(dir, opts)?, None)
+        };
+        model.set_limits(settings.model.max_length, settings.model.truncation);
+        model.set_prompt_truncation(settings.prompt_truncation);
+        Ok(Self { domains: settings.domains, model, adapter })
+    }
+}
+
+impl DomainRouter for RouterOnly {
+    fn domains(&self) -> &[String] {
+        &self.domains
+    }
+
+    fn route(&self, prompts: &[&str], batch_size: usize) -> Result<Vec<usize>> {
+        let adapters = self.adapter.clone().map(Adapters::One).unwrap_or_default();
+        self.model.classify(prompts, batch_size, &adapters)
+    }
+
+    fn score_in(&self, _pairs: &[(&str, &str)], _domains: &[String], _batch_size: usize) -> Result<Vec<f32>> {
+        bail!("a router alone gives no rewards: evaluate the finished run for its rewards")
+    }
 }

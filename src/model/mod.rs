@@ -18,7 +18,9 @@ use tokenizers::Tokenizer;
 pub use peft::MERGED_KEY;
 
 use crate::backbone::tokenizer::load_tokenizer;
-use crate::backbone::{load_checkpoint, Batch, Checkpoint, Encoder, Family, HeadLayout, PairEncoder, Truncation};
+use crate::backbone::{
+    load_checkpoint, Batch, Checkpoint, Encoder, Family, HeadLayout, PairEncoder, PromptTruncation, Truncation,
+};
 use crate::heads::RewardHead;
 use crate::nn::bf16::Precision;
 use crate::nn::lora::LoraConfig;
@@ -158,10 +160,17 @@ impl RewardModel {
         })
     }
 
-    /// Sets the longest input (at most the encoder's position limit) and how longer pairs are cut.
+    /// Sets the longest input (at most the encoder's position limit) and how longer pairs are cut (a
+    /// prompt read alone then keeps the end `truncation` implies, until [`Self::set_prompt_truncation`]).
     pub fn set_limits(&mut self, max_length: usize, truncation: Truncation) {
         self.tokens.max_length = max_length.min(self.max_positions);
         self.tokens.truncation = truncation;
+        self.tokens.prompt_truncation = PromptTruncation::following(truncation);
+    }
+
+    /// Which end of a long prompt read alone (by a router) survives.
+    pub fn set_prompt_truncation(&mut self, truncation: PromptTruncation) {
+        self.tokens.prompt_truncation = truncation;
     }
 
     pub fn max_length(&self) -> usize {

@@ -11,6 +11,7 @@ pub mod linear;
 pub mod lora;
 pub mod lora_config;
 pub mod params;
+pub mod residual;
 
 pub use activation::activation;
 pub use ctx::{Adapters, Ctx, Run};

@@ -14,7 +14,7 @@ pub use crate::methods::accuracy::DomainResult;
 pub use crate::methods::scorer::{ExpertResult, ExpertShares, SwitchingTiming, TaskResults};
 
 use crate::methods::accuracy::{count_correct, count_correct_indexed};
-use crate::methods::Scorer;
+use crate::methods::{DomainRouter, Scorer};
 use crate::nn::bf16::Precision;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,14 +78,72 @@ pub fn resident_memory() -> Option<(u64, u64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// The router on the test prompts: accuracy overall and per domain, and the confusion matrix
-/// (`confusion[true][predicted]`, in `labels` order).
+/// The router on the test prompts: accuracy overall and per domain, counted over test pairs (each
+/// pair's prompt routed) and over distinct prompts (a prompt of several pairs counted once), and the
+/// confusion matrix over test pairs (`confusion[true][predicted]`, in `labels` order).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RouterResults {
     pub labels: Vec<String>,
     pub accuracy: f64,
     pub per_domain: BTreeMap<String, f64>,
+    /// Over distinct prompts; absent in results written before it was counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_accuracy: Option<f64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_domain_prompts: BTreeMap<String, f64>,
+    /// Distinct test prompts per domain.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub prompts: BTreeMap<String, usize>,
     pub confusion: Vec<Vec<usize>>,
+}
+
+/// The router's pick for each test pair (by domain, in the set's order) and its results. Each distinct
+/// prompt of a domain is routed once, 32 at a time.
+pub fn router_results(
+    router: &dyn DomainRouter,
+    sets: &TestSets,
+) -> Result<(RouterResults, BTreeMap<String, Vec<usize>>)> {
+    let labels = router.domains().to_vec();
+    let mut confusion = vec![vec![0usize; labels.len()]; labels.len()];
+    let (mut per_domain, mut per_domain_prompts, mut prompts_count) =
+        (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let (mut prompt_hits, mut prompt_total) = (0usize, 0usize);
+    let mut picks = BTreeMap::new();
+    for (domain, records) in sets {
+        let truth = labels.iter().position(|l| l == domain).with_context(|| {
+            format!("the router does not know domain `{domain}` (it chooses among {})", labels.join(", "))
+        })?;
+        let mut distinct: Vec<&str> = records.iter().map(|p| p.prompt.as_str()).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let routed = router.route(&distinct, 32)?;
+        let picked: Vec<usize> = records
+            .iter()
+            .map(|p| distinct.binary_search(&p.prompt.as_str()).map(|i| routed[i]))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| anyhow::anyhow!("a prompt lost while routing"))?;
+        for &p in &picked {
+            confusion[truth][p] += 1;
+        }
+        let hits = routed.iter().filter(|&&p| p == truth).count();
+        per_domain.insert(domain.clone(), picked.iter().filter(|&&p| p == truth).count() as f64 / picked.len() as f64);
+        per_domain_prompts.insert(domain.clone(), hits as f64 / routed.len().max(1) as f64);
+        prompts_count.insert(domain.clone(), routed.len());
+        (prompt_hits, prompt_total) = (prompt_hits + hits, prompt_total + routed.len());
+        picks.insert(domain.clone(), picked);
+    }
+    let total: usize = confusion.iter().flatten().sum();
+    let hits: usize = (0..labels.len()).map(|i| confusion[i][i]).sum();
+    let results = RouterResults {
+        labels,
+        accuracy: hits as f64 / total.max(1) as f64,
+        per_domain,
+        prompt_accuracy: Some(prompt_hits as f64 / prompt_total.max(1) as f64),
+        per_domain_prompts,
+        prompts: prompts_count,
+        confusion,
+    };
+    Ok((results, picks))
 }
 
 /// Routed and oracle accuracy per domain, and the router's own results, for a routed scorer.
@@ -118,20 +176,14 @@ pub fn accuracy_by_domain(scorer: &Scorer, sets: &TestSets) -> Result<(BTreeMap<
 pub fn routed_results(scorer: &Scorer, sets: &TestSets) -> Result<Option<RoutedResults>> {
     let Some(routed) = scorer.router() else { return Ok(None) };
     let labels = routed.domains().to_vec();
-    let mut confusion = vec![vec![0usize; labels.len()]; labels.len()];
-    let (mut pairs_done, mut seconds) = (0usize, 0f64);
-    let (mut routed_acc, mut oracle_acc, mut per_domain) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    let start = Instant::now();
+    let (router, picks) = router_results(routed, sets)?;
+    let mut seconds = start.elapsed().as_secs_f64();
+    let mut pairs_done = 0usize;
+    let (mut routed_acc, mut oracle_acc) = (BTreeMap::new(), BTreeMap::new());
     for (domain, records) in sets {
-        let truth = labels.iter().position(|l| l == domain).with_context(|| {
-            format!("the router does not know domain `{domain}` (it chooses among {})", labels.join(", "))
-        })?;
-        let prompts: Vec<&str> = records.iter().map(|p| p.prompt.as_str()).collect();
+        let picked = &picks[domain];
         let start = Instant::now();
-        let picked = routed.route(&prompts, 32)?;
-        for &p in &picked {
-            confusion[truth][p] += 1;
-        }
-        per_domain.insert(domain.clone(), picked.iter().filter(|&&p| p == truth).count() as f64 / picked.len() as f64);
         // Routed: the chosen and the rejected response of a pair go to the model its prompt routes to.
         let correct = count_correct_indexed(records, |indices, inputs| {
             let chosen: Vec<String> = indices.iter().map(|&i| labels[picked[i]].clone()).collect();
@@ -150,9 +202,6 @@ pub fn routed_results(scorer: &Scorer, sets: &TestSets) -> Result<Option<RoutedR
             DomainResult { pairs: records.len(), accuracy: correct as f64 / records.len() as f64 },
         );
     }
-    let total: usize = confusion.iter().flatten().sum();
-    let hits: usize = (0..labels.len()).map(|i| confusion[i][i]).sum();
-    let router = RouterResults { labels, accuracy: hits as f64 / total.max(1) as f64, per_domain, confusion };
     let pairs_per_second = pairs_done as f64 / seconds.max(1e-9);
     Ok(Some(RoutedResults { routed: routed_acc, oracle: oracle_acc, router, pairs_per_second }))
 }

@@ -148,6 +148,27 @@ pub fn tables(runs: &[Results]) -> Tables {
     }
 }
 
+/// The router's accuracy per domain, over test pairs and over distinct prompts, as Markdown.
+pub fn router_markdown(router: &super::eval::RouterResults) -> String {
+    let mut md = String::from(
+        "Router accuracy (test pairs: each pair's prompt routed; prompts: each distinct prompt once)\n\n\
+         | domain | pairs | accuracy | prompts | accuracy |\n|---|---:|---:|---:|---:|\n",
+    );
+    for (i, label) in router.labels.iter().enumerate() {
+        let pairs: usize = router.confusion.get(i).map(|row| row.iter().sum()).unwrap_or(0);
+        let cell = |v: Option<&f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+        let prompts = router.prompts.get(label).map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+        md.push_str(&format!(
+            "| {label} | {pairs} | {} | {prompts} | {} |\n",
+            cell(router.per_domain.get(label)),
+            cell(router.per_domain_prompts.get(label))
+        ));
+    }
+    let all = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+    md.push_str(&format!("| all | | {} | | {} |\n", all(Some(router.accuracy)), all(router.prompt_accuracy)));
+    md
+}
+
 /// The router's confusion matrix as Markdown (rows: true domain, columns: the router's choice).
 pub fn confusion_markdown(router: &super::eval::RouterResults) -> String {
     let mut md = format!(
@@ -187,13 +208,18 @@ pub fn routed_tables(runs: &[Results]) -> String {
     }
     let mut md =
         String::from("\nRouted methods: accuracy with the router's choices and with the true domain (oracle)\n\n");
-    md.push_str("| Method | Backbone | Seed | Domain | Routed | Oracle | Router accuracy |\n|---|---|---:|---|---:|---:|---:|\n");
+    md.push_str(
+        "| Method | Backbone | Seed | Domain | Routed | Oracle | Router (pairs) | Router (prompts) |\n\
+         |---|---|---:|---|---:|---:|---:|---:|\n",
+    );
     for r in &routed {
         for (domain, result) in &r.domains {
             let oracle = r.oracle.as_ref().and_then(|o| o.get(domain)).map(|x| x.accuracy).unwrap_or(f64::NAN);
             let router = r.router.as_ref().and_then(|x| x.per_domain.get(domain)).copied().unwrap_or(f64::NAN);
+            let prompts = r.router.as_ref().and_then(|x| x.per_domain_prompts.get(domain)).copied();
+            let prompts = prompts.map(|p| format!("{p:.4}")).unwrap_or_else(|| "-".into());
             md.push_str(&format!(
-                "| {} | {} | {} | {domain} | {:.4} | {oracle:.4} | {router:.4} |\n",
+                "| {} | {} | {} | {domain} | {:.4} | {oracle:.4} | {router:.4} | {prompts} |\n",
                 r.method, r.backbone, r.seed, result.accuracy
             ));
         }

@@ -16,7 +16,7 @@ use crate::heads::aggregator::{Aggregator, AggregatorConfig, AGGREGATOR_CONFIG, 
 use crate::io::read_json;
 use crate::methods::accuracy::accuracy;
 use crate::methods::manifest::{Part, Role, RunMeta};
-use crate::methods::parts::{part_dir, run_limits, score_by_domain};
+use crate::methods::parts::{part_dir, router_limits, run_limits, score_by_domain};
 use crate::methods::scorer::{DomainRouter, ExpertResult, MethodResults, ScoreOptions, Scored, Scores, TaskResults};
 use crate::model::{LoadOptions, RewardModel};
 use crate::nn::{Adapters, Ctx};
@@ -151,7 +151,7 @@ pub fn load(dir: &Path, meta: &RunMeta, opts: &LoadOptions, choice: &ScoreOption
     let router = match meta.parts.iter().find(|p| p.role == Role::Router) {
         Some(part) => {
             let mut router = RewardModel::load(&part_dir(dir, part, "config.json")?, opts)?;
-            run_limits(&mut router, meta, choice);
+            router_limits(&mut router, meta, choice);
             if router.labels != meta.domains {
                 bail!(
                     "the router in {} chooses among {:?}, the tasks are {:?}",

@@ -60,15 +60,7 @@ fn split_phases(pairs: &[PairRecord], fraction: f64, seed: u64, task: &str) -> (
 /// Trains DMoERM into `cfg.out`.
 pub(crate) fn train(cfg: &TrainConfig, device: Device, opts: &RunOptions) -> Result<PathBuf> {
     let dm = cfg.dmoerm.clone().context("method `dmoerm` needs a `dmoerm` section")?;
-    let folders = resolve_domains(&cfg.data, &cfg.domains)?;
-    let mut by_domain = BTreeMap::new();
-    for domain in &folders {
-        by_domain.insert(domain.clone(), cfg.domain_pairs(domain)?);
-    }
-    // The tasks are the domains, unless the records name theirs.
-    let by_task = group_by_task(&by_domain)?;
-    let routes_by_task = by_task.is_some();
-    let pairs = by_task.unwrap_or(by_domain);
+    let TaskPairs { folders, pairs, routes_by_task } = task_pairs(cfg)?;
     let tasks: Vec<String> = pairs.keys().cloned().collect();
     // Every task's split and experts are known before anything is written.
     let mut plans = Vec::new();
@@ -110,6 +102,42 @@ pub(crate) fn train(cfg: &TrainConfig, device: Device, opts: &RunOptions) -> Res
     config.domains = folders;
     write_manifest(&config, tasks, parts, aspect_counts, routes_by_task)?;
     Ok(cfg.out.clone())
+}
+
+/// The training pairs of each task: the domains' pairs, grouped by the records' `task` when they name
+/// one (then `routes_by_task`), else by domain.
+struct TaskPairs {
+    /// The data folders read.
+    folders: Vec<String>,
+    pairs: BTreeMap<String, Vec<PairRecord>>,
+    routes_by_task: bool,
+}
+
+fn task_pairs(cfg: &TrainConfig) -> Result<TaskPairs> {
+    let folders = resolve_domains(&cfg.data, &cfg.domains)?;
+    let mut by_domain = BTreeMap::new();
+    for domain in &folders {
+        by_domain.insert(domain.clone(), cfg.domain_pairs(domain)?);
+    }
+    let by_task = group_by_task(&by_domain)?;
+    let routes_by_task = by_task.is_some();
+    Ok(TaskPairs { folders, pairs: by_task.unwrap_or(by_domain), routes_by_task })
+}
+
+/// Trains only the outer router (over the tasks) into `RUN/stages/router`, for router experiments;
+/// the run stays unfinished, and training it whole with `--resume` keeps this router.
+pub(crate) fn train_router_only(cfg: &TrainConfig, device: Device, opts: &RunOptions) -> Result<PathBuf> {
+    let dm = cfg.dmoerm.clone().context("method `dmoerm` needs a `dmoerm` section")?;
+    let TaskPairs { pairs, .. } = task_pairs(cfg)?;
+    let tasks: Vec<String> = pairs.keys().cloned().collect();
+    if tasks.len() < 2 {
+        bail!("DMoERM's router chooses between tasks: the data has only {}", tasks.join(", "));
+    }
+    prepare_run_dir(&cfg.out, opts.resume, opts.force)?;
+    std::fs::create_dir_all(cfg.out.join("stages"))?;
+    let router = RouterPlan { cfg, section: &dm.router, section_name: "dmoerm.router", name: "router", adapter: false };
+    router.train(&tasks, &pairs, device, opts)?;
+    Ok(cfg.out.join("stages").join("router"))
 }
 
 /// What a task's inner model is trained on.
@@ -231,7 +259,7 @@ fn train_phase1(
         model.lora = None;
     }
     let (trainer, adamw) = (cfg.trainer(), cfg.adamw());
-    let settings = stage_keys::dmoerm_phase1(&model, &trainer, &adamw, &serde_json::json!(dm.phase1));
+    let settings = stage_keys::dmoerm_phase1(&model, &trainer, &adamw, &serde_json::json!(dm.phase1), cfg.max_pairs);
     let stage = Stage::part(&cfg.out, &name, StageKey::new(&settings, inputs.to_string())?, opts)
         .with_legacy(stage_keys::legacy_dmoerm_phase1);
     if let Some(part) = stage.finished()? {
@@ -267,7 +295,7 @@ fn train_expert(
     let adamw = cfg.adamw();
     let pairs = aspect_pairs(&plan.phase1, aspect);
     let inputs = fingerprint([rm_inputs, &pairs_fingerprint(&pairs)]);
-    let key = StageKey::new(&stage_keys::reward_model(&model, &trainer, &adamw), inputs)?;
+    let key = StageKey::new(&stage_keys::reward_model(&model, &trainer, &adamw, cfg.max_pairs), inputs)?;
     let stage = Stage::part(&cfg.out, &name, key, opts).with_legacy(stage_keys::legacy_reward_model);
     if let Some(part) = stage.finished()? {
         return Ok((part, stage.key));
