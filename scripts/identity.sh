@@ -7,7 +7,7 @@
 #   scripts/identity.sh OLD_BIN NEW_BIN        # e.g. a release build of main before and after a change
 #
 # Environment: WORK, the folder to work in (default: a new temporary one, kept for inspection);
-# METHODS, a comma-separated subset of baseline,baselora,more,rodos,arliss,dmoerm.
+# METHODS, a comma-separated subset of baseline,baselora,more,rodos,arliss,dmoerm; NEW_PATCH (below).
 # Prints one line per method and domain and exits 1 when anything differs.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,15 +26,30 @@ methods=${METHODS:-baseline,baselora,more,rodos,arliss,dmoerm}
 cd "$repo"
 scripts/fetch-models.sh
 
-# The tiny settings, written beside the configs they come from.
-mkdir -p "$work/configs"
-for method in ${methods//,/ }; do
-  python3 - "$repo/configs/$method-splade-tiny.json" "$work/configs/$method.json" <<'EOF'
+# The tiny settings, written beside the configs they come from. NEW_PATCH, a JSON object merged key by key
+# into the new binary's configs of the methods it names, keeps a setting whose default moved on purpose
+# as it was: '{"rodos": {"router": {"truncation": "keep_start"}}}' (the old binary would refuse the key).
+for name in old new; do
+  mkdir -p "$work/configs/$name"
+  patch='{}'
+  [ "$name" = new ] && patch=${NEW_PATCH:-'{}'}
+  for method in ${methods//,/ }; do
+    python3 - "$repo/configs/$method-splade-tiny.json" "$work/configs/$name/$method.json" "$patch" <<'EOF'
 import json, sys
 config = json.load(open(sys.argv[1]))
 config.update({"max_length": 128, "max_pairs": 48, "epochs": 2, "lr": 5e-4, "log_every": 1})
+def merge(into, patch):
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        else:
+            into[key] = value
+patch = json.loads(sys.argv[3])
+if config["method"] in patch:
+    merge(config, {config["method"]: patch[config["method"]]})
 json.dump(config, open(sys.argv[2], "w"), indent=2)
 EOF
+  done
 done
 
 command_of() { case $1 in baseline | baselora) echo train-baseline ;; *) echo "train-$1" ;; esac; }
@@ -44,7 +59,7 @@ run_all() { # name binary
   "$bin" prepare --input data/sample --out "$dir/prepared" --seed 7 >/dev/null
   for method in ${methods//,/ }; do
     local run=$dir/runs/$method
-    "$bin" "$(command_of "$method")" --config "$work/configs/$method.json" --data "$dir/prepared" --out "$run" \
+    "$bin" "$(command_of "$method")" --config "$work/configs/$name/$method.json" --data "$dir/prepared" --out "$run" \
       --seed 11 --force --quiet >/dev/null
     mkdir -p "$dir/scores"
     for test in "$dir"/prepared/*/test.jsonl; do

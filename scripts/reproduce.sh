@@ -110,14 +110,31 @@ echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ)" >> "$log"
 
 scripts/fetch-models.sh >/dev/null
 
-# The data: a prepared folder is used as it is; raw data is prepared once.
+# The data: a prepared folder is used as it is; raw data is prepared once, and OUT/prepared is reused only
+# for the data it was made from (OUT/prepared.source holds that data's fingerprint).
+fingerprint() { (cd "$1" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) | sha256sum | cut -d' ' -f1; }
 if ls "$data"/*/train.jsonl >/dev/null 2>&1; then
   prepared=$data
 elif [ -d "$data" ]; then
   prepared=$out/prepared
-  if [ ! -f "$prepared/stats.json" ]; then
+  source_record=$out/prepared.source
+  source_print=$(fingerprint "$data")
+  if [ -f "$prepared/stats.json" ]; then
+    if [ -f "$source_record" ]; then
+      made_from=$(sed -n 2p "$source_record")
+    else # made before the record was kept: its stats.json names the folder it was made from
+      made_from=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["input"])' "$prepared/stats.json")
+      [ "$made_from" = "$data" ] && made_from=$source_print
+    fi
+    if [ "$made_from" != "$source_print" ]; then
+      echo "$prepared was made from other data than --data $data (its source: $(head -1 "$source_record" 2>/dev/null || echo "$made_from")):" >&2
+      echo "the runs under $out were trained on it. Pass another --out for this data, or remove $out to start over" >&2
+      exit 2
+    fi
+  else
     run "$bin" prepare --input "$data" --out "$prepared" --seed 1 > "$out/prepare.log"
   fi
+  printf '%s\n%s\n' "$data" "$source_print" > "$source_record.tmp" && mv "$source_record.tmp" "$source_record"
 else
   echo "no data at $data: pass --data with raw data laid out by domain or a prepared folder" >&2
   exit 2

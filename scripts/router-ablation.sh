@@ -33,6 +33,13 @@ work=$(realpath -m "${WORK:-$(mktemp -d)}")
 mkdir -p "$work"
 cd "$repo"
 [ -d models/all-MiniLM-L6-v2 ] || scripts/fetch-models.sh
+if [ "${TORCH:-1}" = 1 ] && ! "$venv/bin/python" -c 'import torch, transformers, peft' 2>/dev/null; then
+  echo "== making the Python venv $venv (torch transformers peft safetensors from PyPI)" >&2
+  mkdir -p "$(dirname "$venv")"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet torch transformers peft safetensors
+fi
 bin=${RMROUTE_BIN:-$repo/target/release/rmroute}
 [ -x "$bin" ] || cargo build --release --locked
 domains=$(cd "$data" && ls -d */ | tr -d / | paste -sd, -)

@@ -61,6 +61,7 @@ def main():
     p.add_argument("--lora-dropout", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine (kernels differ: figures move slightly)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -71,6 +72,7 @@ def main():
     tokenizer.pad_token_id = 0
     tokenizer.truncation_side = args.truncation_side
     model = BertForSequenceClassification.from_pretrained(args.backbone, num_labels=len(domains))
+    model.to(args.device)
     if args.lora:
         from peft import LoraConfig, get_peft_model
 
@@ -91,7 +93,7 @@ def main():
             labels.append(label)
     counts = [labels.count(k) for k in range(len(domains))]
     weights = [len(labels) / (len(domains) * c) if c and args.balance == "class_weights" else 1.0 for c in counts]
-    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights))
+    loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(weights, device=args.device))
 
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -105,7 +107,7 @@ def main():
 
     def encode(texts):
         return tokenizer(texts, truncation=True, max_length=args.max_length, padding="longest",
-                         return_tensors="pt", return_token_type_ids=segments)
+                         return_tensors="pt", return_token_type_ids=segments).to(args.device)
 
     model.train()
     for epoch in range(args.epochs):
@@ -114,7 +116,7 @@ def main():
         for start in range(0, len(order), args.batch_size):
             batch = order[start : start + args.batch_size]
             logits = model(**encode([prompts[i] for i in batch])).logits
-            loss = loss_fn(logits, torch.tensor([labels[i] for i in batch]))
+            loss = loss_fn(logits, torch.tensor([labels[i] for i in batch], device=args.device))
             loss.backward()
             torch.nn.utils.clip_grad_norm_([q for q in model.parameters() if q.requires_grad], 1.0)
             optimizer.step()

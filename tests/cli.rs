@@ -148,3 +148,21 @@ fn score_takes_a_peft_adapter_directory_for_the_model() {
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && err.contains("no adapter `missing`"), "{err}");
 }
+
+#[test]
+fn a_count_flag_at_zero_is_an_error_naming_the_flag() {
+    for args in [
+        &["score", "--model", "m", "--input", "in.jsonl", "--batch-size", "0"][..],
+        &["serve", "--model", "m", "--max-batch", "0"],
+        &["prepare", "--input", "raw", "--out", "p", "--max-pairs", "0"],
+        &["train-baseline", "--config", "c.json", "--epochs", "0"],
+    ] {
+        let run = rmroute(args);
+        let err = String::from_utf8_lossy(&run.stderr);
+        let flag = args[args.len() - 2];
+        assert!(
+            run.status.code() == Some(2) && err.contains(flag) && err.contains("must be at least 1"),
+            "{args:?}: {err}"
+        );
+    }
+}

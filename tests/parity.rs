@@ -40,11 +40,20 @@ fn assert_close_on_tokens(ours: &Tensor, theirs: &Tensor, lengths: &[usize], wha
 }
 
 fn check_deberta(options: common::TinyDeberta, seq: usize, what: &str) {
+    check_deberta_against(options, seq, what, serde_json::json!({}));
+}
+
+/// [`check_deberta`] with `their_config`'s keys set in candle-transformers' copy of the config.
+fn check_deberta_against(options: common::TinyDeberta, seq: usize, what: &str, their_config: serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     common::write_tiny_deberta(dir.path(), 11, &options);
     let ours = RewardModel::load(dir.path(), &LoadOptions::default()).unwrap();
-    let config: ct_deberta::Config =
+    let mut config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    for (key, value) in their_config.as_object().unwrap() {
+        config[key] = value.clone();
+    }
+    let config: ct_deberta::Config = serde_json::from_value(config).unwrap();
     let vb = unsafe {
         VarBuilder::from_mmaped_safetensors(&[dir.path().join("model.safetensors")], DType::F32, &Device::Cpu).unwrap()
     };
@@ -74,6 +83,36 @@ fn deberta_v3_style_matches_candle_transformers() {
 fn deberta_log_buckets_beyond_half_the_bucket_size_match() {
     // 8 buckets: relative distances beyond ±4 fall in log-spaced buckets.
     check_deberta(common::TinyDeberta::default(), 30, "log buckets");
+}
+
+#[test]
+fn deberta_v3_reads_past_max_position_embeddings_as_candle_transformers_does() {
+    // Relative positions only: 100 tokens on a 64-position config, which transformers accepts too.
+    // candle-transformers slices a position-id buffer of max_position_embeddings even where it adds no
+    // absolute positions, so its copy gets 128 of them, and the relative span (which defaults to
+    // max_position_embeddings) stays 64 as ours.
+    let theirs = serde_json::json!({"max_position_embeddings": 128, "max_relative_positions": 64});
+    check_deberta_against(common::TinyDeberta::default(), 100, "v3 beyond 64 positions", theirs);
+}
+
+#[test]
+fn max_length_beyond_absolute_positions_is_an_error_naming_both_and_relative_ones_have_no_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_tiny_bert(&dir.path().join("bert"), 5, false, true);
+    let mut bert = RewardModel::load(&dir.path().join("bert"), &LoadOptions::default()).unwrap();
+    let err = bert.set_limits(100, Default::default()).unwrap_err().to_string();
+    assert!(err.contains("max_length 100") && err.contains("64 positions"), "{err}");
+    bert.set_limits(64, Default::default()).unwrap();
+    assert_eq!(bert.max_length(), 64);
+
+    common::write_tiny_deberta(&dir.path().join("deberta"), 11, &common::TinyDeberta::default());
+    let mut deberta = RewardModel::load(&dir.path().join("deberta"), &LoadOptions::default()).unwrap();
+    deberta.set_limits(1024, Default::default()).unwrap();
+    let long = vec!["w5"; 300].join(" ");
+    let batch = deberta.encode(&[(long.as_str(), "w6 w7")]).unwrap();
+    assert!(batch.truncated == 0 && batch.input_ids.dim(1).unwrap() > 300, "cut to {:?}", batch.input_ids.dims());
+    let rewards = deberta.score(&[(long.as_str(), "w6 w7")], 1, &rmroute::nn::Adapters::None).unwrap();
+    assert!(rewards[0].is_finite());
 }
 
 #[test]

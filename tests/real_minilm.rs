@@ -114,7 +114,7 @@ fn bf16_scoring_of_real_pairs_stays_close_to_f32() {
     let load = |precision| {
         let opts = LoadOptions { precision, new_head: true, seed: 3, ..Default::default() };
         let mut model = RewardModel::load(&model_dir, &opts).unwrap();
-        model.set_limits(128, Default::default());
+        model.set_limits(128, Default::default()).unwrap();
         model
     };
     let (exact, rounded) = (load(Precision::F32), load(Precision::Bf16));

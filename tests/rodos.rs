@@ -340,3 +340,49 @@ fn a_router_trained_alone_is_evaluated_and_kept_by_the_whole_run() {
     let err = String::from_utf8_lossy(&none.stderr);
     assert!(!none.status.success() && err.contains("has no router"), "{err}");
 }
+
+/// Where a long prompt says what it asks at its end (as a conversation's latest turn does), the
+/// router reads it by default (`keep_end`, issue 32) and learns the domains; told to keep the start, as
+/// rmroute 0.1.0's router did, it reads only the shared opening and cannot. The stage records which.
+#[test]
+fn a_router_reads_the_end_of_a_long_prompt_unless_told_otherwise() {
+    let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    common::write_tiny_bert(base.path(), 1, true, false);
+    common::write_three_domains(data.path());
+    // 40 words drawn alike for every domain before each prompt's own words: past the 32 tokens read.
+    for domain in ["alpha", "beta", "gamma"] {
+        for split in ["train", "test"] {
+            let path = data.path().join(domain).join(format!("{split}.jsonl"));
+            let mut text = String::new();
+            for (i, line) in std::fs::read_to_string(&path).unwrap().lines().enumerate() {
+                let mut record: serde_json::Value = serde_json::from_str(line).unwrap();
+                let opening: Vec<String> = (0..40).map(|k| format!("w{}", 47 + (i * 7 + k * 3) % 16)).collect();
+                record["prompt"] = format!("{} {}", opening.join(" "), record["prompt"].as_str().unwrap()).into();
+                text.push_str(&format!("{record}\n"));
+            }
+            std::fs::write(&path, text).unwrap();
+        }
+    }
+    let (rmroute, ok) = (common::rmroute, common::stdout_ok);
+    let mut accuracy = BTreeMap::new();
+    for cut in [None, Some("keep_start")] {
+        let run = out.path().join(cut.unwrap_or("default"));
+        let mut cfg = serde_json::to_value(config(base.path(), data.path(), &run)).unwrap();
+        if let Some(cut) = cut {
+            cfg["rodos"]["router"]["truncation"] = cut.into();
+        }
+        let cfg_path = out.path().join(format!("{}.json", cut.unwrap_or("default")));
+        std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+        ok(rmroute(&["train-rodos", "--config", cfg_path.to_str().unwrap(), "--only", "router", "--quiet"]));
+        let stage: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("stages/router/stage.json")).unwrap()).unwrap();
+        let recorded = stage["key"]["settings"]["prompt_truncation"].as_str().unwrap().to_string();
+        assert_eq!(recorded, cut.unwrap_or("keep_end"));
+        ok(rmroute(&["eval-router", "--model", run.to_str().unwrap(), "--data", data.path().to_str().unwrap()]));
+        let results: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run.join("stages/router/router-results.json")).unwrap()).unwrap();
+        accuracy.insert(recorded, results["accuracy"].as_f64().unwrap());
+    }
+    assert!(accuracy["keep_end"] >= 0.95, "{accuracy:?}");
+    assert!(accuracy["keep_start"] <= 0.6, "the opening tells the domains apart: {accuracy:?}");
+}

@@ -46,8 +46,8 @@ impl EncoderConfig for BertConfig {
         }
     }
 
-    fn max_positions(&self) -> usize {
-        self.max_position_embeddings
+    fn max_positions(&self) -> Option<usize> {
+        Some(self.max_position_embeddings)
     }
 
     fn hidden_size(&self) -> usize {

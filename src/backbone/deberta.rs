@@ -49,8 +49,9 @@ impl EncoderConfig for DebertaConfig {
         }
     }
 
-    fn max_positions(&self) -> usize {
-        self.max_position_embeddings
+    fn max_positions(&self) -> Option<usize> {
+        // Relative positions are clamped to the span (or bucketed), so only an absolute table limits.
+        self.position_biased_input.then_some(self.max_position_embeddings)
     }
 
     fn hidden_size(&self) -> usize {

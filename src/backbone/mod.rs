@@ -59,8 +59,9 @@ pub struct Family {
 pub trait EncoderConfig {
     /// Where the sequence-classification head sits and how it reads the encoder.
     fn head(&self) -> HeadLayout;
-    /// The position limit (`max_position_embeddings`).
-    fn max_positions(&self) -> usize;
+    /// The longest input the encoder can encode: `max_position_embeddings` where it adds absolute
+    /// positions, `None` where positions are relative only (DeBERTa-v3), which transformers runs at any length.
+    fn max_positions(&self) -> Option<usize>;
     fn hidden_size(&self) -> usize;
     /// The encoder, from `vb` rooted at the family's prefix.
     fn build(&self, vb: VarBuilder) -> candle_core::Result<Box<dyn Encoder>>;

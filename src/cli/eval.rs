@@ -29,7 +29,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Test pairs per domain, sampled with --seed (default: all).
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one::<usize>)]
     pub max_pairs: Option<usize>,
     /// Seeds the --max-pairs sample (default: the run's seed).
     #[arg(long)]

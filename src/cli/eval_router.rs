@@ -28,7 +28,7 @@ pub struct EvalRouterArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Test pairs per domain, sampled with --seed (default: all).
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one::<usize>)]
     pub max_pairs: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

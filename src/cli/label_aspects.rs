@@ -26,7 +26,7 @@ pub struct LabelAspectsArgs {
     #[arg(long)]
     pub data: PathBuf,
     /// Questions in flight at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = super::at_least_one::<usize>)]
     pub concurrency: usize,
     /// Domains to label, comma-separated (default: every prepared domain).
     #[arg(long, value_delimiter = ',')]
@@ -38,7 +38,7 @@ pub struct LabelAspectsArgs {
     #[arg(long, default_value = "OPENAI_API_KEY")]
     pub api_key_env: String,
     /// Limit for one request, in seconds.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = super::at_least_one::<u64>)]
     pub timeout_secs: u64,
     /// Retries of a question after HTTP 429/5xx, a timeout or a dropped connection (a malformed reply is
     /// retried once, HTTP 400/413/422 not at all).

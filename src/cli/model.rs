@@ -22,7 +22,7 @@ pub struct ModelArgs {
     #[arg(long)]
     pub adapter: Option<String>,
     /// Longest input in tokens (default: the run's `max_length`, else the model's limit).
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one::<usize>)]
     pub max_length: Option<usize>,
     /// How longer pairs are cut (default: the run's strategy, else longest_first as transformers does).
     #[arg(long, value_enum)]

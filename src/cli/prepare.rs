@@ -19,7 +19,7 @@ pub struct PrepareArgs {
     #[arg(long, value_delimiter = ',')]
     pub domains: Vec<String>,
     /// Keep at most N pairs per domain (train + test), chosen by a seeded shuffle.
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one::<usize>)]
     pub max_pairs: Option<usize>,
     /// Share of prompts in the test split where the source has no train/test split of its own.
     #[arg(long, default_value_t = 0.1)]

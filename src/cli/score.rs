@@ -23,7 +23,7 @@ pub struct ScoreArgs {
     /// Output JSONL; standard output when absent.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = super::at_least_one::<usize>)]
     pub batch_size: usize,
     /// No progress bar.
     #[arg(long)]

@@ -23,13 +23,13 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 5000)]
     pub port: u16,
     /// Most rows (responses) scored in one forward pass, gathered across requests.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = super::at_least_one::<usize>)]
     pub max_batch: usize,
     /// How long a request waits for others to share its batch, in milliseconds.
     #[arg(long, default_value_t = 5)]
     pub max_wait_ms: u64,
     /// Largest request body accepted, in bytes (413 beyond).
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, default_value_t = 16 * 1024 * 1024, value_parser = super::at_least_one::<usize>)]
     pub max_body_bytes: usize,
 }
 

@@ -25,9 +25,9 @@ pub struct TrainArgs {
     #[arg(long)]
     pub device: Option<String>,
     /// Training pairs per domain (overrides `max_pairs`).
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one::<usize>)]
     pub max_pairs: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one::<usize>)]
     pub epochs: Option<usize>,
     /// Continue a killed run from its last checkpoint in the run directory.
     #[arg(long, conflicts_with = "force")]

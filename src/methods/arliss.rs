@@ -43,7 +43,7 @@ pub fn load(dir: &Path, meta: &RunMeta, opts: &LoadOptions, choice: &ScoreOption
     })?;
     let mut model = RewardModel::load(&base.locate()?, opts)?;
     // One model reads prompts for the router adapter and pairs for the reward adapters.
-    router_limits(&mut model, meta, choice);
+    router_limits(&mut model, meta, choice)?;
     model.load_adapter(&part_dir(dir, router_part, "adapter_config.json")?, ROUTER_ADAPTER, false)?;
     let outputs = model.adapter(ROUTER_ADAPTER)?.head.outputs();
     if outputs != meta.domains.len() {

@@ -97,17 +97,23 @@ pub struct RouterConfig {
     pub batch_size: Option<usize>,
     /// `class_weights` (default), `sampling` or `none`: the paper's domains range from 57% to 4%.
     pub balance: Balance,
-    /// Which end of a prompt longer than `max_length` the router reads: `keep_end` (the latest turns)
-    /// or `keep_start`; unset, the end the config's `truncation` implies
-    /// ([`RouterConfig::prompt_truncation`]).
+    /// Which end of a prompt longer than `max_length` the router reads: `keep_end` (the default: the
+    /// latest turns, which say what is asked; the router matched PyTorch's only so, issue 32) or
+    /// `keep_start` (rmroute 0.1.0's routers under `longest_first`). A run written by 0.1.0 reads as
+    /// what its router did ([`RouterConfig::legacy`]).
     pub truncation: Option<PromptTruncation>,
 }
 
 impl RouterConfig {
-    /// Which end of a long prompt the router reads, for a run whose pairs are cut by `truncation`:
-    /// the setting, or for a run written before it existed, what routers did then.
-    pub fn prompt_truncation(&self, truncation: Truncation) -> PromptTruncation {
-        self.truncation.unwrap_or(PromptTruncation::following(truncation))
+    /// Which end of a long prompt the router reads.
+    pub fn prompt_truncation(&self) -> PromptTruncation {
+        self.truncation.unwrap_or_default()
+    }
+
+    /// The setting of a router trained before it existed (rmroute 0.1.0): a prompt read alone kept
+    /// the end its pairs' `truncation` implied.
+    pub fn legacy(&mut self, truncation: Truncation) {
+        self.truncation = Some(PromptTruncation::following(truncation));
     }
 
     /// The router's own epochs, learning rate and batch size.
@@ -304,6 +310,17 @@ impl TrainConfig {
             .map(|r| &r.router)
             .or(self.arliss.as_ref().map(|a| &a.router))
             .or(self.dmoerm.as_ref().map(|d| &d.router))
+    }
+
+    /// [`Self::router`], to change.
+    pub fn router_mut(&mut self) -> Option<&mut RouterConfig> {
+        if let Some(r) = self.rodos.as_mut() {
+            return Some(&mut r.router);
+        }
+        if let Some(a) = self.arliss.as_mut() {
+            return Some(&mut a.router);
+        }
+        self.dmoerm.as_mut().map(|d| &mut d.router)
     }
 
     pub fn method(&self) -> &'static str {

@@ -174,7 +174,22 @@ impl RunMeta {
         let path = run_dir.join(MANIFEST);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {} (is this an rmroute run directory?)", path.display()))?;
-        parse_json(&text).with_context(|| format!("parsing {}", path.display()))
+        let mut meta: Self = parse_json(&text).with_context(|| format!("parsing {}", path.display()))?;
+        meta.read_legacy_router(&text)?;
+        Ok(meta)
+    }
+
+    /// A router section without `truncation` was written by rmroute 0.1.0, before the setting (and its
+    /// default, `keep_end`) existed: the run's router read prompts as that release did.
+    fn read_legacy_router(&mut self, text: &str) -> Result<()> {
+        let truncation = self.config.truncation;
+        let method = self.config.method.as_str();
+        let Some(router) = self.config.router_mut() else { return Ok(()) };
+        let raw: serde_json::Value = serde_json::from_str(text)?;
+        if raw["config"][method]["router"].get("truncation").is_none() {
+            router.legacy(truncation);
+        }
+        Ok(())
     }
 
     pub fn write(&self, run_dir: &Path) -> Result<()> {

@@ -153,7 +153,7 @@ pub(crate) fn train(cfg: &TrainConfig, device: Device, opts: &RunOptions) -> Res
     };
     let mut encoder = RewardModel::load(&backbone_dir, &load)
         .with_context(|| format!("loading the backbone {}", backbone_dir.display()))?;
-    encoder.set_limits(cfg.max_length, cfg.truncation);
+    encoder.set_limits(cfg.max_length, cfg.truncation)?;
     let hidden = encoder.hidden_size;
     let experts = more.experts.unwrap_or(domains.len()).max(more.top_k);
     let store = ParamStore::trainable(HashMap::new(), "a new MoRE head", cfg.seed);
@@ -201,7 +201,7 @@ pub fn load(dir: &Path, meta: &RunMeta, opts: &LoadOptions, choice: &ScoreOption
     })?;
     let mut model = MoreModel::load(dir, &more, opts)?;
     let max_length = choice.max_length.unwrap_or(meta.config.max_length);
-    model.encoder.set_limits(max_length, choice.truncation.unwrap_or(meta.config.truncation));
+    model.encoder.set_limits(max_length, choice.truncation.unwrap_or(meta.config.truncation))?;
     Ok(model)
 }
 

@@ -40,18 +40,18 @@ pub fn find_part<'a>(dir: &Path, meta: &'a RunMeta, role: Role, domain: Option<&
 }
 
 /// Sets the run's length limit and truncation on `model`, unless the caller chose others.
-pub fn run_limits(model: &mut RewardModel, meta: &RunMeta, choice: &ScoreOptions) {
+pub fn run_limits(model: &mut RewardModel, meta: &RunMeta, choice: &ScoreOptions) -> Result<()> {
     let max_length = choice.max_length.unwrap_or(meta.config.max_length);
-    model.set_limits(max_length, choice.truncation.unwrap_or(meta.config.truncation));
+    model.set_limits(max_length, choice.truncation.unwrap_or(meta.config.truncation))
 }
 
 /// [`run_limits`] for a router: also which end of a long prompt it reads, as the run's router settings say.
-pub fn router_limits(model: &mut RewardModel, meta: &RunMeta, choice: &ScoreOptions) {
-    run_limits(model, meta, choice);
-    let truncation = choice.truncation.unwrap_or(meta.config.truncation);
+pub fn router_limits(model: &mut RewardModel, meta: &RunMeta, choice: &ScoreOptions) -> Result<()> {
+    run_limits(model, meta, choice)?;
     if let Some(router) = meta.config.router() {
-        model.set_prompt_truncation(router.prompt_truncation(truncation));
+        model.set_prompt_truncation(router.prompt_truncation());
     }
+    Ok(())
 }
 
 /// Groups rows by domain (in domain order), scores each group with `score`, and puts the rewards

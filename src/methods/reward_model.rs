@@ -111,7 +111,7 @@ pub fn load_backbone(
     let load = LoadOptions { device, train_encoder, seed, new_head: true, labels, ..Default::default() };
     let mut model = RewardModel::load(&backbone_dir, &load)
         .with_context(|| format!("loading the backbone {}", backbone_dir.display()))?;
-    model.set_limits(settings.max_length, settings.truncation);
+    model.set_limits(settings.max_length, settings.truncation)?;
     Ok((model, backbone_dir))
 }
 

@@ -27,7 +27,7 @@ pub struct Rodos {
 pub fn load(dir: &Path, meta: &RunMeta, opts: &LoadOptions, choice: &ScoreOptions) -> Result<Rodos> {
     let router_part = find_part(dir, meta, Role::Router, None)?;
     let mut router = RewardModel::load(&part_dir(dir, router_part, "config.json")?, opts)?;
-    router_limits(&mut router, meta, choice);
+    router_limits(&mut router, meta, choice)?;
     if router.labels != meta.domains {
         bail!(
             "the router in {} chooses among {:?}, the run's domains are {:?}",
@@ -40,7 +40,7 @@ pub fn load(dir: &Path, meta: &RunMeta, opts: &LoadOptions, choice: &ScoreOption
     for domain in &meta.domains {
         let part = find_part(dir, meta, Role::Reward, Some(domain))?;
         let mut model = RewardModel::load(&part_dir(dir, part, "config.json")?, opts)?;
-        run_limits(&mut model, meta, choice);
+        run_limits(&mut model, meta, choice)?;
         models.insert(domain.clone(), model);
     }
     Ok(Rodos { domains: meta.domains.clone(), router, models })

@@ -200,6 +200,10 @@ fn extend_run(cfg: &TrainConfig, new: &str) -> Result<(TrainConfig, Vec<String>,
     (own.data, own.device, own.out) = (cfg.data.clone(), cfg.device.clone(), cfg.out.clone());
     let mut asked = cfg.clone();
     asked.domains = own.domains.clone();
+    // A config that leaves the router's truncation unset asks for what the run's router does.
+    if let (Some(mine), Some(theirs)) = (asked.router_mut(), own.router()) {
+        mine.truncation = mine.truncation.or(theirs.truncation);
+    }
     let differ = differing_keys(&own, &asked)?;
     if !differ.is_empty() {
         bail!(

@@ -79,7 +79,7 @@ impl RouterPlan<'_> {
         let examples = router_examples(domains, pairs);
         let labels: Vec<String> = examples.labels.iter().map(|l| l.to_string()).collect();
         let inputs = fingerprint(examples.prompts.iter().map(String::as_str).chain(labels.iter().map(String::as_str)));
-        let prompts_cut = self.section.prompt_truncation(model.truncation);
+        let prompts_cut = self.section.prompt_truncation();
         let trained = stage_keys::reward_model(&model, &trainer, &adamw, cfg.max_pairs);
         let settings = stage_keys::router(trained, self.section.balance, prompts_cut, self.adapter, domains);
         let stage = Stage::part(&cfg.out, self.name, StageKey::new(&settings, inputs)?, opts)
@@ -182,7 +182,7 @@ impl RouterOnly {
         } else {
             (RewardModel::load(dir, opts)?, None)
         };
-        model.set_limits(settings.model.max_length, settings.model.truncation);
+        model.set_limits(settings.model.max_length, settings.model.truncation)?;
         model.set_prompt_truncation(settings.prompt_truncation);
         Ok(Self { domains: settings.domains, model, adapter })
     }

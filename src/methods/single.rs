@@ -102,9 +102,9 @@ pub fn load(dir: &Path, run: Option<&RunMeta>, opts: &LoadOptions, choice: &Scor
         }
     };
     let trained = run.map(|m| (m.config.max_length, m.config.truncation));
-    let max_length = choice.max_length.or(trained.map(|t| t.0)).unwrap_or(model.max_positions);
+    let max_length = choice.max_length.or(trained.map(|t| t.0)).unwrap_or(model.default_max_length());
     let truncation = choice.truncation.or(trained.map(|t| t.1)).unwrap_or_default();
-    model.set_limits(max_length, truncation);
+    model.set_limits(max_length, truncation)?;
     Ok(SingleModel { model, adapters })
 }
 

@@ -75,8 +75,9 @@ pub struct RewardModel {
     /// The checkpoint's `config.json`.
     pub config: serde_json::Value,
     pub device: Device,
-    /// The encoder's position limit: `max_length` never exceeds it.
-    pub max_positions: usize,
+    /// The encoder's position limit (`None`: relative positions only, any length): `max_length` never
+    /// exceeds it.
+    pub max_positions: Option<usize>,
     /// The encoder's hidden size.
     pub hidden_size: usize,
     pub adapters: BTreeMap<String, AdapterEntry>,
@@ -139,13 +140,13 @@ impl RewardModel {
             }
         }
         let new_head = head_store.initialised();
-        let max_positions = encoder_config.max_positions().min(512);
+        let max_positions = encoder_config.max_positions();
         Ok(Self {
             family,
             encoder,
             head,
             head_layout: layout,
-            tokens: PairEncoder::new(tokenizer, max_positions, Truncation::default()),
+            tokens: PairEncoder::new(tokenizer, default_length(max_positions), Truncation::default()),
             config: checkpoint.config,
             device: opts.device.clone(),
             max_positions,
@@ -160,12 +161,28 @@ impl RewardModel {
         })
     }
 
-    /// Sets the longest input (at most the encoder's position limit) and how longer pairs are cut (a
-    /// prompt read alone then keeps the end `truncation` implies, until [`Self::set_prompt_truncation`]).
-    pub fn set_limits(&mut self, max_length: usize, truncation: Truncation) {
-        self.tokens.max_length = max_length.min(self.max_positions);
+    /// Sets the longest input and how longer pairs are cut (a prompt read alone then keeps the end
+    /// `truncation` implies, until [`Self::set_prompt_truncation`]). A length beyond the encoder's position
+    /// limit is an error: cutting it silently would train and score on other inputs than asked for.
+    pub fn set_limits(&mut self, max_length: usize, truncation: Truncation) -> Result<()> {
+        if let Some(limit) = self.max_positions.filter(|&limit| max_length > limit) {
+            bail!(
+                "max_length {max_length} is more than {} can encode: it has {limit} positions \
+                 (max_position_embeddings in its config.json). Set max_length to {limit} or less (a run trained \
+                 by rmroute 0.1.0 with a longer max_length was cut at {limit}: load it with --max-length {limit})",
+                self.source
+            );
+        }
+        self.tokens.max_length = max_length;
         self.tokens.truncation = truncation;
         self.tokens.prompt_truncation = PromptTruncation::following(truncation);
+        Ok(())
+    }
+
+    /// The longest input when neither a run nor the user sets one: 512 (what transformers' tokenizers
+    /// default to), or the position limit where it is lower. A longer one is there for the asking.
+    pub fn default_max_length(&self) -> usize {
+        default_length(self.max_positions)
     }
 
     /// Which end of a long prompt read alone (by a router) survives.
@@ -260,4 +277,9 @@ fn checkpoint_labels(config: &serde_json::Value, outputs: usize) -> Vec<String> 
 
 fn count(tensors: &[(String, Tensor)]) -> usize {
     tensors.iter().map(|(_, t)| t.elem_count()).sum()
+}
+
+/// See [`RewardModel::default_max_length`].
+fn default_length(max_positions: Option<usize>) -> usize {
+    max_positions.map_or(512, |limit| limit.min(512))
 }

@@ -145,13 +145,13 @@ pub fn load(dir: &Path, meta: &RunMeta, opts: &LoadOptions, choice: &ScoreOption
             ),
         };
         let mut inner = InnerModel::load(&part_dir(dir, rm, "config.json")?, &experts, aggregator.as_deref(), opts)?;
-        run_limits(&mut inner.model, meta, choice);
+        run_limits(&mut inner.model, meta, choice)?;
         tasks.insert(task.clone(), inner);
     }
     let router = match meta.parts.iter().find(|p| p.role == Role::Router) {
         Some(part) => {
             let mut router = RewardModel::load(&part_dir(dir, part, "config.json")?, opts)?;
-            router_limits(&mut router, meta, choice);
+            router_limits(&mut router, meta, choice)?;
             if router.labels != meta.domains {
                 bail!(
                     "the router in {} chooses among {:?}, the tasks are {:?}",

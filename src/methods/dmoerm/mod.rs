@@ -326,7 +326,7 @@ fn train_aggregator(
 ) -> Result<Part> {
     let load = LoadOptions { device: device.clone(), ..Default::default() };
     let mut inner = InnerModel::load(rm_dir, experts, None, &load)?;
-    inner.model.set_limits(cfg.max_length, cfg.truncation);
+    inner.model.set_limits(cfg.max_length, cfg.truncation)?;
     let bar = if stage.opts.quiet { ProgressBar::hidden() } else { ProgressBar::new(pairs.len() as u64) };
     bar.set_style(ProgressStyle::with_template(
         "{prefix} {bar:25} {pos}/{len} pairs [{elapsed_precise}<{eta_precise}]",
