@@ -17,7 +17,7 @@ cat <<'TEXT'
 What to read above:
 - The router (its accuracy per domain and the confusion matrix): it learned to tell the three domains
   apart from the prompt alone, well above chance (1/3), and sends each pair to its domain's reward model.
-  That routing is what RODOS (and ARLISS, MoRE, DMoERM) are about.
+  That routing is what RODOS, ARLISS and DMoERM are about (MoRE routes inside the model).
 - The pairwise accuracies (routed and oracle) are expected near chance (0.5): each domain's reward model
   saw 64 pairs for one epoch, far too few to learn which of two answers people prefer (the paper trains on
   tens of thousands; see "Reproducing the paper" in the README). HellaSwag stays near chance even

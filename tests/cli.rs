@@ -166,3 +166,24 @@ fn a_count_flag_at_zero_is_an_error_naming_the_flag() {
         );
     }
 }
+
+#[test]
+fn fuzzed_score_input_is_named_by_file_and_line_never_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::fixture("tiny-deberta-v3-rm");
+    let good = "{\"prompt\": \"How do I copy a file?\", \"response\": \"Use cp.\"}\n";
+    let deep = format!("{{\"prompt\": {}{}, \"response\": \"b\"}}", "[".repeat(100_000), "]".repeat(100_000));
+    for bad in [
+        deep.as_bytes(),
+        b"{\"prompt\": \"a\xff\", \"response\": \"b\"}",
+        b"{\"prompt\": \"a\x00\"}",
+        b"{\"prompt\": \"a\"",
+    ] {
+        let input = dir.path().join("in.jsonl");
+        std::fs::write(&input, [good.as_bytes(), bad, b"\n"].concat()).unwrap();
+        let run =
+            rmroute(&["score", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(), "--quiet"]);
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.code() == Some(1) && err.contains("in.jsonl:2"), "{:?}: {err}", run.status);
+    }
+}

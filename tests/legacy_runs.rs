@@ -194,6 +194,24 @@ fn an_unfinished_run_of_the_release_with_other_settings_is_refused() {
     assert!(!resumed.status.success());
     let err = String::from_utf8_lossy(&resumed.stderr);
     assert!(err.contains("rm-alpha") && err.contains("other settings") && err.contains("--force"), "{err}");
+    assert!(err.contains("lr`: 0.005 there, 0.001 now"), "the setting that differs is named: {err}");
+}
+
+/// rmroute 0.1.0 cut every input at 512 tokens whatever `max_length` said; its runs read as trained so.
+#[test]
+fn a_run_of_the_release_reads_its_max_length_as_it_was_cut() {
+    use rmroute::methods::manifest::RunMeta;
+    let root = tempfile::tempdir().unwrap();
+    let run = root.path().join("run");
+    copy_dir(&Path::new(fixture()).join("runs/baseline"), &run);
+    let path = run.join("rmroute.json");
+    let mut raw: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    raw["config"]["max_length"] = 1024.into();
+    for (version, read) in [("0.1.0", 512), ("0.2.0", 1024)] {
+        raw["rmroute_version"] = version.into();
+        std::fs::write(&path, serde_json::to_vec(&raw).unwrap()).unwrap();
+        assert_eq!(RunMeta::read(&run).unwrap().config.max_length, read, "{version}");
+    }
 }
 
 /// A routed run's manifest written by the release has no `truncation` in its router's settings: its

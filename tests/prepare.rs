@@ -107,6 +107,21 @@ fn malformed_json_missing_field_wrong_type_and_bad_utf8_are_located() {
     }
 }
 
+#[test]
+fn fuzzed_records_deep_nesting_and_raw_nul_are_located_not_a_crash() {
+    let good = anthropic_line(&hh("a", "b"), &hh("a", "c"));
+    let deep = format!("{{\"chosen\": {}{}, \"rejected\": \"x\"}}", "[".repeat(100_000), "]".repeat(100_000));
+    for bad in [deep.as_bytes(), b"{\"chosen\": \"\n\nHuman: a\x00\n\nAssistant: b\", \"rejected\": \"y\"}"] {
+        let raw = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let path = raw.path().join("anthropic/test.jsonl");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, [good.as_bytes(), bad, b"\n"].concat()).unwrap();
+        let e = record_error(prepare(&options(raw.path(), out.path())));
+        assert!(e.line == 2 && e.to_string().starts_with(&format!("{}:2:", path.display())), "{e}");
+    }
+}
+
 const HELLASWAG_TEXT: &str = "Roof shingle removal: A man is sitting on a roof. he\n3\nis using wrap to wrap a pair of skis.\nis ripping level tiles off.\nis holding a rubik's cube.\nstarts pulling up roofing on a roof.\nClean and jerk: A lady walks to a barbell. the lady\n0\nstands and lifts the weight.\nswings.\npulls the barbell forward.\npulls a rope.\n";
 
 #[test]

@@ -297,3 +297,26 @@ fn a_routed_run_names_each_items_domain_and_openrlhfs_client_reads_the_rewards()
         close(&reply["rewards"], &offline.rewards);
     }
 }
+
+#[test]
+fn hostile_bodies_from_the_fuzzer_get_a_4xx_naming_the_problem_and_the_server_keeps_serving() {
+    let model = tempfile::tempdir().unwrap();
+    common::write_tiny_bert(model.path(), 4, true, true);
+    let server = Server::start(model.path(), &[]);
+    let deep = format!("{{\"pairs\": {}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        ("/score", deep.into_bytes(), "malformed request"),
+        ("/score", b"{\"pairs\": [{\"prompt\": \"a\xff\", \"response\": \"b\"}]}".to_vec(), "not UTF-8"),
+        ("/score", b"{\"pairs\": [{\"prompt\": \"a\x00\", \"response\": \"b\"}]}".to_vec(), "malformed request"),
+        ("/get_reward", b"{\"query\": [null]}".to_vec(), "query"),
+        ("/score", b"{\"pairs\": [{\"prompt\": \"a\", \"response\": \"b\"}], \"pairs\": 1}".to_vec(), "pairs"),
+    ];
+    for (path, body, names) in cases {
+        let (status, text) = server.request("POST", path, &body);
+        let error: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{status} {text:?}: {e}"));
+        let message = error["error"].as_str().unwrap_or_default();
+        assert!(status == 400 && message.contains(names), "{path} {status}: {message}");
+    }
+    let (status, got) = server.post("/score", &body_of(&pairs(2, 0)));
+    assert_eq!((status, got["rewards"].as_array().map(Vec::len)), (200, Some(2)), "{got}");
+}

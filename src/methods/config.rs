@@ -243,6 +243,7 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         self.trainer().validate("")?;
         anyhow::ensure!(self.max_length >= 8, "`max_length` must be at least 8");
+        anyhow::ensure!(self.max_pairs != Some(0), "`max_pairs` must be at least 1 (leave it out for every pair)");
         if let Some(lora) = &self.lora {
             lora.validate().map_err(|e| anyhow::anyhow!("`lora`: {e}"))?;
         }

@@ -30,6 +30,9 @@ use crate::io::{parse_json, write_json};
 use crate::train::stage::fingerprint;
 use crate::train::trainer::Trained;
 
+/// The longest input rmroute 0.1.0 encoded, whatever a run's `max_length` said.
+const LEGACY_MAX_LENGTH: usize = 512;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunMeta {
     pub method: Method,
@@ -176,6 +179,10 @@ impl RunMeta {
             .with_context(|| format!("reading {} (is this an rmroute run directory?)", path.display()))?;
         let mut meta: Self = parse_json(&text).with_context(|| format!("parsing {}", path.display()))?;
         meta.read_legacy_router(&text)?;
+        if meta.rmroute_version == "0.1.0" {
+            // That release cut every input at 512 tokens whatever `max_length` said: its runs trained so.
+            meta.config.max_length = meta.config.max_length.min(LEGACY_MAX_LENGTH);
+        }
         Ok(meta)
     }
 

@@ -45,7 +45,14 @@ fn draw_legend(
     area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
     entries: &[(String, RGBColor, Swatch)],
 ) -> Result<()> {
-    for (i, (label, color, swatch)) in entries.iter().enumerate() {
+    // Rows that fit the panel; past them one last row says how many were left out.
+    let fit = ((area.dim_in_pixel().1 as i32 - 50) / 24).max(1) as usize;
+    let shown = if entries.len() > fit { fit - 1 } else { entries.len() };
+    if shown < entries.len() {
+        let more = format!("… and {} more (one figure per run: report RUN --plot)", entries.len() - shown);
+        area.draw(&Text::new(more, (4, 50 + 24 * shown as i32 - 7), ("sans-serif", 14))).map_err(err)?;
+    }
+    for (i, (label, color, swatch)) in entries.iter().take(shown).enumerate() {
         let y = 50 + 24 * i as i32;
         match swatch {
             Swatch::Bar => area.draw(&Rectangle::new([(8, y - 6), (22, y + 6)], color.filled())).map_err(err)?,

@@ -25,18 +25,54 @@ impl StageKey {
         Ok(Self { settings: serde_json::to_value(settings)?, inputs })
     }
 
-    /// Why `recorded` (a checkpoint's or a finished stage's key) does not fit this one, if it does not.
-    pub fn mismatch(&self, recorded: &StageKey) -> Option<&'static str> {
+    /// Why `recorded` (a checkpoint's or a finished stage's key) does not fit this one, if it does not:
+    /// the first setting that differs is named, with both values.
+    pub fn mismatch(&self, recorded: &StageKey) -> Option<String> {
         if recorded.settings != self.settings {
-            Some("was trained with other settings than this run's: resume with the same config and flags, or start over with --force")
+            let difference = match first_difference(&recorded.settings, &self.settings, String::new()) {
+                Some((path, then, now)) if path.ends_with("prompt_truncation") => format!(
+                    " (`{path}`: {then} there, {now} now; a router's is `router.truncation` in the method's section)"
+                ),
+                Some((path, then, now)) => format!(" (`{path}`: {then} there, {now} now)"),
+                None => String::new(),
+            };
+            Some(format!(
+                "was trained with other settings than this run's{difference}: resume with the same config and \
+                 flags, or start over with --force"
+            ))
         } else if recorded.inputs != self.inputs {
             Some(
                 "was trained on other data than this run has now (its training examples changed since): start over \
-                 with --force, or put the data back",
+                 with --force, or put the data back"
+                    .into(),
             )
         } else {
             None
         }
+    }
+}
+
+/// The key path of the first value that differs between `a` and `b`, and both values (`null` where one
+/// lacks it).
+fn first_difference(
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    path: String,
+) -> Option<(String, serde_json::Value, serde_json::Value)> {
+    use serde_json::Value;
+    let join = |key: &str| if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().find_map(|key| {
+                let (u, v) = (x.get(key).unwrap_or(&Value::Null), y.get(key).unwrap_or(&Value::Null));
+                first_difference(u, v, join(key))
+            })
+        }
+        _ if a == b => None,
+        _ => Some((path, a.clone(), b.clone())),
     }
 }
 
@@ -48,7 +84,7 @@ impl StageKey {
         legacy: LegacySettings,
         config: &serde_json::Value,
         inputs: Option<&str>,
-    ) -> Result<Option<&'static str>> {
+    ) -> Result<Option<String>> {
         let recorded = legacy(config)?;
         let fits =
             recorded.as_object().is_some_and(|fields| fields.iter().all(|(k, v)| self.settings.get(k) == Some(v)));
