@@ -132,6 +132,11 @@ def mutate(rng, record):
     return kind, rng.choice([b"", b" ", b"{}", b"[]", b"null", b"\"text\""])
 
 
+def passed(verdict):
+    """Accepted, or rejected naming the file and line (prepare, score) or the field ("400, named")."""
+    return verdict == "accepted" or verdict.endswith(", named") and "NOT" not in verdict
+
+
 def run(cmd, timeout, cwd=None):
     """(returncode or 'hang', stderr text)."""
     try:
@@ -350,8 +355,7 @@ def main():
         nonlocal failures
         counts.setdefault(target, Counter())[verdict] += 1
         counts.setdefault(target + " kinds", Counter())[(kind, verdict)] += 1
-        ok = verdict in ("accepted", "rejected, named") or verdict.endswith(", named") and "NOT" not in verdict
-        if not ok:
+        if not passed(verdict):
             failures += 1
             folder = keep / target
             folder.mkdir(parents=True, exist_ok=True)
@@ -370,7 +374,7 @@ def main():
                 work.mkdir()
                 try:
                     kind, verdict, err = step(args, work, case, rng, seeds)
-                    if verdict not in ("accepted", "rejected, named"):
+                    if not passed(verdict):
                         # Keep the input beside the error for replay.
                         inputs = b"".join(p.read_bytes()[:10_000] for p in sorted(work.rglob("*.jsonl"))
                                           if "prepared" not in p.parts)
@@ -403,13 +407,12 @@ def main():
         seconds = c.pop("seconds")
         total = sum(c.values())
         accepted = c["accepted"]
-        named = sum(v for k, v in c.items() if k == "rejected, named" or (k.endswith(", named") and "NOT" not in k))
+        named = sum(v for k, v in c.items() if k != "accepted" and passed(k))
         print(f"| {target} | {total} | {accepted} | {named} | {total - accepted - named} | {seconds} |")
     print()
     for target in args.targets.split(","):
         print(f"{target}: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts[target].items())))
-        bad = [(k, v) for k, v in counts[target + " kinds"].items()
-               if not (k[1] in ("accepted", "rejected, named") or (k[1].endswith(", named") and "NOT" not in k[1]))]
+        bad = [(k, v) for k, v in counts[target + " kinds"].items() if not passed(k[1])]
         for (kind, verdict), n in sorted(bad):
             print(f"  {kind}: {verdict} x{n}")
     shutil.rmtree(scratch, ignore_errors=True)
