@@ -7,7 +7,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
-use super::{Checkpoint, Encoder, EncoderConfig, Family, HeadLayout};
+use super::{Checkpoint, Encoder, EncoderConfig, Family, HeadLayout, PoolerLayout, ReadAt};
 use crate::nn::attention::attention_probs;
 use crate::nn::lora::LoraLinear;
 use crate::nn::residual::{DenseActivation, DenseResidualNorm};
@@ -34,12 +34,17 @@ fn read_config(checkpoint: &Checkpoint) -> anyhow::Result<Box<dyn EncoderConfig>
 impl EncoderConfig for BertConfig {
     fn head(&self) -> HeadLayout {
         HeadLayout {
-            pooler_key: "bert.pooler.dense".into(),
-            pooler_in: self.hidden_size,
-            pooler_out: self.hidden_size,
-            pooler_activation: "tanh".into(),
-            pooler_dropout: 0.0,
+            read_at: ReadAt::First,
+            pooler: Some(PoolerLayout {
+                key: "bert.pooler.dense".into(),
+                in_dim: self.hidden_size,
+                out_dim: self.hidden_size,
+                activation: "tanh".into(),
+                dropout: 0.0,
+            }),
             classifier_key: "classifier".into(),
+            classifier_in: self.hidden_size,
+            classifier_bias: true,
             classifier_dropout: self.classifier_dropout.unwrap_or(self.hidden_dropout_prob),
             init_std: self.initializer_range,
             modules_to_save: vec!["classifier".into(), "pooler".into()],
@@ -228,28 +233,63 @@ impl BertLayer {
     }
 }
 
+/// `BertEncoder`: the stack of layers (`encoder.layer.N`), shared by BERT and RoBERTa.
+pub(super) struct BertLayers(Vec<BertLayer>);
+
+impl BertLayers {
+    /// Loads `config.num_hidden_layers` layers from `vb` rooted at the model's prefix.
+    pub(super) fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| BertLayer::load(vb.pp(format!("encoder.layer.{i}")), config))
+            .collect::<Result<_>>()?;
+        Ok(Self(layers))
+    }
+
+    /// The last hidden states; `attention_mask` is `(batch, seq)`, 1 for tokens.
+    pub(super) fn forward(&self, mut hidden: Tensor, attention_mask: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let (batch, seq) = attention_mask.dims2()?;
+        // (batch, 1, 1, seq): which keys each query may attend to.
+        let keep = attention_mask.to_dtype(DType::U8)?.reshape((batch, 1, 1, seq))?;
+        for layer in &self.0 {
+            hidden = layer.forward(&hidden, &keep, ctx)?;
+        }
+        Ok(hidden)
+    }
+
+    pub(super) fn lora_linears(&self) -> Vec<&LoraLinear> {
+        self.0.iter().flat_map(BertLayer::lora_linears).collect()
+    }
+
+    pub(super) fn lora_linears_mut(&mut self) -> Vec<&mut LoraLinear> {
+        self.0.iter_mut().flat_map(BertLayer::lora_linears_mut).collect()
+    }
+}
+
 /// `BertModel` without its pooler (the pooler belongs to the reward head).
 pub struct Bert {
     embeddings: BertEmbeddings,
-    /// `encoder.layer`.
-    layers: Vec<BertLayer>,
+    layers: BertLayers,
     pub config: BertConfig,
 }
 
 impl Bert {
     /// Loads the encoder from `vb` rooted at the model's prefix (`bert`).
     pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
-        if let Some(kind) = config.position_embedding_type.as_deref().filter(|k| *k != "absolute") {
-            candle_core::bail!("position_embedding_type `{kind}` is not supported (only `absolute`)");
-        }
+        check_absolute_positions(config)?;
         Ok(Self {
             embeddings: BertEmbeddings::load(vb.pp("embeddings"), config)?,
-            layers: (0..config.num_hidden_layers)
-                .map(|i| BertLayer::load(vb.pp(format!("encoder.layer.{i}")), config))
-                .collect::<Result<_>>()?,
+            layers: BertLayers::load(vb, config)?,
             config: config.clone(),
         })
     }
+}
+
+/// Refuses the relative position embeddings some BERT configs name (only `absolute` is implemented).
+pub(super) fn check_absolute_positions(config: &BertConfig) -> Result<()> {
+    if let Some(kind) = config.position_embedding_type.as_deref().filter(|k| *k != "absolute") {
+        candle_core::bail!("position_embedding_type `{kind}` is not supported (only `absolute`)");
+    }
+    Ok(())
 }
 
 impl Encoder for Bert {
@@ -260,21 +300,15 @@ impl Encoder for Bert {
         attention_mask: &Tensor,
         ctx: &Ctx,
     ) -> Result<Tensor> {
-        let (batch, seq) = input_ids.dims2()?;
-        let mut hidden = self.embeddings.forward(input_ids, token_type_ids, ctx)?;
-        // (batch, 1, 1, seq): which keys each query may attend to.
-        let keep = attention_mask.to_dtype(DType::U8)?.reshape((batch, 1, 1, seq))?;
-        for layer in &self.layers {
-            hidden = layer.forward(&hidden, &keep, ctx)?;
-        }
-        Ok(hidden)
+        let hidden = self.embeddings.forward(input_ids, token_type_ids, ctx)?;
+        self.layers.forward(hidden, attention_mask, ctx)
     }
 
     fn lora_linears(&self) -> Vec<&LoraLinear> {
-        self.layers.iter().flat_map(BertLayer::lora_linears).collect()
+        self.layers.lora_linears()
     }
 
     fn lora_linears_mut(&mut self) -> Vec<&mut LoraLinear> {
-        self.layers.iter_mut().flat_map(BertLayer::lora_linears_mut).collect()
+        self.layers.lora_linears_mut()
     }
 }

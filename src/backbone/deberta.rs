@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Deserializer};
 
-use super::{Checkpoint, Encoder, EncoderConfig, Family, HeadLayout};
+use super::{Checkpoint, Encoder, EncoderConfig, Family, HeadLayout, PoolerLayout, ReadAt};
 use crate::nn::attention::attention_probs;
 use crate::nn::lora::LoraLinear;
 use crate::nn::residual::{DenseActivation, DenseResidualNorm};
@@ -37,12 +37,17 @@ fn read_config(checkpoint: &Checkpoint) -> anyhow::Result<Box<dyn EncoderConfig>
 impl EncoderConfig for DebertaConfig {
     fn head(&self) -> HeadLayout {
         HeadLayout {
-            pooler_key: "pooler.dense".into(),
-            pooler_in: self.hidden_size,
-            pooler_out: self.pooler_size(),
-            pooler_activation: self.pooler_hidden_act.clone(),
-            pooler_dropout: self.pooler_dropout,
+            read_at: ReadAt::First,
+            pooler: Some(PoolerLayout {
+                key: "pooler.dense".into(),
+                in_dim: self.hidden_size,
+                out_dim: self.pooler_size(),
+                activation: self.pooler_hidden_act.clone(),
+                dropout: self.pooler_dropout,
+            }),
             classifier_key: "classifier".into(),
+            classifier_in: self.pooler_size(),
+            classifier_bias: true,
             classifier_dropout: self.cls_dropout.unwrap_or(self.hidden_dropout_prob),
             init_std: self.initializer_range,
             modules_to_save: vec!["classifier".into(), "pooler".into()],

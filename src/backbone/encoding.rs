@@ -56,6 +56,16 @@ impl PromptTruncation {
     }
 }
 
+/// Which side of a row padding goes: transformers' `padding_side`. Encoders read their first token and
+/// are padded on the right; a decoder reads its last real token from the attention mask and counts
+/// positions from it, so either side gives it the same rewards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PaddingSide {
+    #[default]
+    Right,
+    Left,
+}
+
 /// Token ids of a padded batch, `(batch, seq)` each.
 pub struct Batch {
     pub input_ids: Tensor,
@@ -81,13 +91,22 @@ pub struct PairEncoder {
     pub truncation: Truncation,
     /// Which end of a prompt read alone survives ([`Self::encode_single`]).
     pub prompt_truncation: PromptTruncation,
-    pad_id: u32,
+    /// The id padding is filled with (see [`crate::backbone::EncoderConfig::pad_token_id`]).
+    pub pad_id: u32,
+    pub padding_side: PaddingSide,
 }
 
 impl PairEncoder {
     pub fn new(tokenizer: Tokenizer, max_length: usize, truncation: Truncation) -> Self {
         let pad_id = tokenizer.token_to_id("[PAD]").or_else(|| tokenizer.token_to_id("<pad>")).unwrap_or(0);
-        Self { tokenizer, max_length, truncation, prompt_truncation: PromptTruncation::following(truncation), pad_id }
+        Self {
+            tokenizer,
+            max_length,
+            truncation,
+            prompt_truncation: PromptTruncation::following(truncation),
+            pad_id,
+            padding_side: PaddingSide::Right,
+        }
     }
 
     /// Special tokens the tokenizer adds around a pair (3 for `[CLS] a [SEP] b [SEP]`).
@@ -165,9 +184,22 @@ impl PairEncoder {
         let (mut ids, mut types, mut mask) = (Vec::new(), Vec::new(), Vec::new());
         for row in &rows {
             let pad = seq - row.ids.len();
-            ids.extend(row.ids.iter().copied().chain(std::iter::repeat_n(self.pad_id, pad)));
-            types.extend(row.type_ids.iter().copied().chain(std::iter::repeat_n(0, pad)));
-            mask.extend(std::iter::repeat_n(1u32, row.ids.len()).chain(std::iter::repeat_n(0, pad)));
+            let (real_ids, real_types, real_mask) =
+                (row.ids.iter().copied(), row.type_ids.iter().copied(), std::iter::repeat_n(1u32, row.ids.len()));
+            let (pad_ids, pad_types, pad_mask) =
+                (std::iter::repeat_n(self.pad_id, pad), std::iter::repeat_n(0, pad), std::iter::repeat_n(0, pad));
+            match self.padding_side {
+                PaddingSide::Right => {
+                    ids.extend(real_ids.chain(pad_ids));
+                    types.extend(real_types.chain(pad_types));
+                    mask.extend(real_mask.chain(pad_mask));
+                }
+                PaddingSide::Left => {
+                    ids.extend(pad_ids.chain(real_ids));
+                    types.extend(pad_types.chain(real_types));
+                    mask.extend(pad_mask.chain(real_mask));
+                }
+            }
         }
         let shape = (rows.len(), seq);
         Ok(Batch {

@@ -1,7 +1,8 @@
 //! MoRE (router-reward-models.txt §3.1, Figure 1(b)): one reward model whose internal router sends
-//! each input to a few reward experts: the encoder's pooled vector (its first token) → LayerNorm →
-//! sparse MoE with noisy top-k gating → LayerNorm → regression. Trained on all domains together with
-//! the pairwise loss plus the gate's load-balancing loss.
+//! each input to a few reward experts: the hidden state its family's head reads (the first token of an
+//! encoder, the last real token of a decoder) → LayerNorm → sparse MoE with noisy top-k gating →
+//! LayerNorm → regression. Trained on all domains together with the pairwise loss plus the gate's
+//! load-balancing loss.
 //!
 //! A MoRE run directory holds the encoder as a Hugging Face base model in `encoder/`
 //! (`BertModel`/`DebertaV2Model`) and the head in `more.safetensors`: transformers has no class for
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device, IndexOp, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::TrainConfig;
 use super::manifest::{pairs_fingerprint, prepare_run_dir, RunMeta, Summary};
@@ -49,9 +50,8 @@ impl MoreModel {
     /// The head's outputs for `(prompt, response)` pairs encoded as one batch.
     pub fn forward(&self, pairs: &[(&str, &str)], ctx: &Ctx) -> Result<(MoeOutput, usize)> {
         let batch = self.encoder.encode(pairs)?;
-        let hidden = self.encoder.hidden(&batch, ctx)?;
-        let pooled = hidden.i((.., 0))?.contiguous()?;
-        Ok((self.head.forward(&pooled, ctx)?, batch.truncated))
+        let token = self.encoder.token_states(&batch, ctx)?;
+        Ok((self.head.forward(&token, ctx)?, batch.truncated))
     }
 
     /// Rewards in batches of `batch_size`, in evaluation mode (no gate noise, no dropout).

@@ -54,10 +54,10 @@ impl RewardModel {
         if let Adapters::PerRow(names) = ctx.adapters() {
             return self.forward_grouped(batch, names, ctx, apply);
         }
-        let hidden = self.encoder.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, ctx)?;
+        let token = self.token_states(batch, ctx)?;
         match ctx.adapters() {
-            Adapters::One(name) => apply(&self.adapters[name].head, &hidden, ctx),
-            Adapters::None | Adapters::PerRow(_) => apply(&self.head, &hidden, ctx),
+            Adapters::One(name) => apply(&self.adapters[name].head, &token, ctx),
+            Adapters::None | Adapters::PerRow(_) => apply(&self.head, &token, ctx),
         }
     }
 
@@ -82,15 +82,14 @@ impl RewardModel {
         };
         let sorted_names: Vec<Option<String>> = order.iter().map(|&i| names[i].clone()).collect();
         let sorted = ctx.fork(Adapters::PerRow(sorted_names));
-        let hidden =
-            self.encoder.forward(&grouped.input_ids, &grouped.token_type_ids, &grouped.attention_mask, &sorted)?;
+        let token = self.token_states(&grouped, &sorted)?;
         let mut outputs = Vec::new();
         for run in sorted.runs() {
             let head = match &run.adapter {
                 Some(name) => &self.adapter(name)?.head,
                 None => self.base_head()?,
             };
-            outputs.push(apply(head, &hidden.narrow(0, run.start, run.len)?, &sorted)?);
+            outputs.push(apply(head, &token.narrow(0, run.start, run.len)?, &sorted)?);
         }
         ctx.set_rng_state(sorted.rng_state());
         let outputs = Tensor::cat(&outputs, 0)?;
@@ -109,8 +108,7 @@ impl RewardModel {
             Adapters::One(name) => &self.adapter(name)?.head,
             Adapters::PerRow(_) => bail!("classifier logits take one adapter for the whole batch"),
         };
-        let hidden = self.encoder.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, ctx)?;
-        Ok(head.logits(&hidden, ctx)?)
+        Ok(head.logits(&self.token_states(batch, ctx)?, ctx)?)
     }
 
     /// The most likely label of each prompt, in batches of `batch_size`, in evaluation mode, from the
@@ -146,5 +144,11 @@ impl RewardModel {
     /// The encoder's output for a batch, `(batch, seq, hidden)`.
     pub fn hidden(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
         Ok(self.encoder.forward(&batch.input_ids, &batch.token_type_ids, &batch.attention_mask, ctx)?)
+    }
+
+    /// The hidden state of the token the heads read in each row, `(batch, hidden)`: the first token of
+    /// an encoder, the last real token of a decoder ([`crate::backbone::ReadAt`]).
+    pub fn token_states(&self, batch: &Batch, ctx: &Ctx) -> Result<Tensor> {
+        Ok(self.head_layout.read_at.read(&self.hidden(batch, ctx)?, &batch.attention_mask)?)
     }
 }

@@ -24,7 +24,7 @@ impl RewardModel {
             tensors.insert(name, t.detach());
         }
         for layer in self.encoder.lora_linears() {
-            tensors.insert(format!("{}.weight", layer.path), layer.weight.detach());
+            tensors.insert(format!("{}.weight", layer.path), layer.stored_weight()?.detach());
             if let Some(b) = &layer.bias {
                 tensors.insert(format!("{}.bias", layer.path), b.detach());
             }
@@ -60,6 +60,12 @@ impl RewardModel {
         config["label2id"] = label2id.into();
         if self.labels.len() > 1 {
             config["problem_type"] = "single_label_classification".into();
+        }
+        // transformers reads a decoder's reward at the last token that is not `pad_token_id`, and
+        // refuses batches without one: name the id rmroute pads with (GPT-2's eos).
+        let decoder = self.head_layout.read_at == crate::backbone::ReadAt::LastReal;
+        if decoder && config.get("pad_token_id").is_none_or(|v| v.is_null()) {
+            config["pad_token_id"] = self.tokens.pad_id.into();
         }
         write_atomic(&dir.join("config.json"), &serde_json::to_vec_pretty(&config)?)?;
         save_safetensors(&self.state_dict()?, &dir.join("model.safetensors"))?;

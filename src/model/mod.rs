@@ -141,12 +141,16 @@ impl RewardModel {
         }
         let new_head = head_store.initialised();
         let max_positions = encoder_config.max_positions();
+        let mut tokens = PairEncoder::new(tokenizer, default_length(max_positions), Truncation::default());
+        if let Some(pad) = encoder_config.pad_token_id() {
+            tokens.pad_id = pad;
+        }
         Ok(Self {
             family,
             encoder,
             head,
             head_layout: layout,
-            tokens: PairEncoder::new(tokenizer, default_length(max_positions), Truncation::default()),
+            tokens,
             config: checkpoint.config,
             device: opts.device.clone(),
             max_positions,

@@ -29,11 +29,13 @@ impl RewardModel {
         let entry = self.adapters.get(name).with_context(|| format!("no adapter named `{name}`"))?;
         let mut tensors = HashMap::new();
         let mut adapted = Vec::new();
+        let mut fan_in_fan_out = false;
         for layer in self.encoder.lora_linears() {
             if let Some(adapter) = layer.adapter(name) {
                 tensors.insert(format!("{PEFT_PREFIX}.{}.lora_A.weight", layer.path), adapter.a.clone());
                 tensors.insert(format!("{PEFT_PREFIX}.{}.lora_B.weight", layer.path), adapter.b.clone());
                 adapted.push(layer.path.as_str());
+                fan_in_fan_out |= layer.stored_transposed;
             }
         }
         for (key, t) in entry.head.tensors(&self.head_layout) {
@@ -51,7 +53,7 @@ impl RewardModel {
             "target_modules": TargetModules::exactly(&adapted),
             "modules_to_save": modules_to_save,
             "bias": "none",
-            "fan_in_fan_out": false,
+            "fan_in_fan_out": fan_in_fan_out,
             "inference_mode": true,
             "init_lora_weights": true
         });
@@ -91,7 +93,8 @@ pub(super) fn read_peft_config(path: &Path) -> Result<LoraConfig> {
     };
     off("use_rslora", &|v| v == false)?;
     off("use_dora", &|v| v == false)?;
-    off("fan_in_fan_out", &|v| v == false)?;
+    // `fan_in_fan_out` only says how the base weight is stored; PEFT sets it from the layer's type
+    // whatever the file says (true for GPT-2's Conv1D, false for Linear), and so does rmroute.
     off("bias", &|v| v == "none")?;
     off("rank_pattern", &|v| v.as_object().is_some_and(|o| o.is_empty()))?;
     off("alpha_pattern", &|v| v.as_object().is_some_and(|o| o.is_empty()))?;

@@ -19,6 +19,13 @@ impl Linear {
         let bias = vb.get_with_hints(out_dim, "bias", candle_nn::init::ZERO)?;
         Ok(Self { weight, bias: Some(bias) })
     }
+
+    /// [`Self::load`] for a layer without bias (GPT-2's `score`).
+    pub fn load_without_bias(vb: VarBuilder, in_dim: usize, out_dim: usize, init_std: f64) -> Result<Self> {
+        let weight =
+            vb.get_with_hints((out_dim, in_dim), "weight", candle_nn::Init::Randn { mean: 0.0, stdev: init_std })?;
+        Ok(Self { weight, bias: None })
+    }
 }
 
 impl Module for Linear {

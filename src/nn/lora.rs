@@ -46,8 +46,12 @@ impl Adapter {
 pub struct LoraLinear {
     /// The module path in the Hugging Face model (`deberta.encoder.layer.0.attention.self.query_proj`).
     pub path: String,
+    /// `(out, in)`, whatever the checkpoint's layout.
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    /// The checkpoint stores the weight as `(in, out)`: GPT-2's `Conv1D`, which PEFT adapts with
+    /// `fan_in_fan_out: true` (its `lora_A`/`lora_B` keep the usual shapes).
+    pub stored_transposed: bool,
     adapters: BTreeMap<String, Adapter>,
     /// The base layer in bf16, for scoring with `--dtype bf16` (adapters stay f32).
     bf16: Option<Bf16Linear>,
@@ -55,7 +59,7 @@ pub struct LoraLinear {
 
 impl LoraLinear {
     pub fn new(path: impl Into<String>, weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { path: path.into(), weight, bias, adapters: BTreeMap::new(), bf16: None }
+        Self { path: path.into(), weight, bias, stored_transposed: false, adapters: BTreeMap::new(), bf16: None }
     }
 
     /// Loads `weight` (and `bias` when `with_bias`) at `vb`'s path.
@@ -63,6 +67,25 @@ impl LoraLinear {
         let weight = vb.get((out_dim, in_dim), "weight")?;
         let bias = if with_bias { Some(vb.get(out_dim, "bias")?) } else { None };
         Ok(Self::new(vb.prefix(), weight, bias))
+    }
+
+    /// Loads a `Conv1D` layer (GPT-2's `c_attn`, `c_proj`, `c_fc`): `weight` stored `(in, out)`. A frozen
+    /// weight is laid out `(out, in)` once; a trainable one (full fine-tuning) stays the variable, read
+    /// through a transposed view, so every optimiser step reaches the forward pass.
+    pub fn load_conv1d(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        let stored = vb.get((in_dim, out_dim), "weight")?;
+        let weight = if stored.is_variable() { stored.t()? } else { stored.t()?.contiguous()? };
+        let bias = Some(vb.get(out_dim, "bias")?);
+        Ok(Self { stored_transposed: true, ..Self::new(vb.prefix(), weight, bias) })
+    }
+
+    /// The weight as the checkpoint stores it (`(in, out)` for a `Conv1D`).
+    pub fn stored_weight(&self) -> Result<Tensor> {
+        if self.stored_transposed {
+            self.weight.t()?.contiguous()
+        } else {
+            Ok(self.weight.clone())
+        }
     }
 
     pub fn in_dim(&self) -> usize {
@@ -121,7 +144,7 @@ impl LoraLinear {
 
     /// Scores the base layer in bf16 from now on (see [`super::bf16`]); not for training.
     pub fn use_bf16(&mut self) -> Result<()> {
-        self.bf16 = Some(Bf16Linear::new(&self.weight, self.bias.as_ref())?);
+        self.bf16 = Some(Bf16Linear::new(&self.weight.contiguous()?, self.bias.as_ref())?);
         Ok(())
     }
 
