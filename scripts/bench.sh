@@ -2,11 +2,12 @@
 # rmroute against PyTorch + transformers (+ PEFT) on the same CPU, measured side by side in one run
 # (never a timed test): scoring a batch of 32 sequences x 128 tokens, one full fine-tuning step and one
 # LoRA step (16 pairs x 128 tokens), and each one's peak resident memory, for MiniLM and a
-# DeBERTa-v3-base-shaped model with random weights. Each mode runs in its own process, rmroute and
+# DeBERTa-v3-base-shaped model with random weights; on request, a GPT-2-shaped one (124M, random; no LoRA
+# row: the reference script names BERT's and DeBERTa's modules only). Each mode runs in its own process, rmroute and
 # PyTorch alternating, with the same threads. Prints the Markdown table the README shows.
 #
 #   scripts/bench.sh                     # both backbones
-#   scripts/bench.sh minilm              # or deberta-v3-base
+#   scripts/bench.sh minilm              # or deberta-v3-base, or gpt2
 #
 # Environment:
 #   BENCH_VENV   the PyTorch venv (made on first use from PyPI, shared with scripts/python-roundtrip.sh:
@@ -59,6 +60,21 @@ for name in ("tokenizer.json", "spm.model", "tokenizer_config.json"):
 PY
 }
 
+# The GPT-2 shape (openai-community/gpt2's config: 124M parameters), random weights written by
+# transformers; the tokenizer is the tiny fixture's (the benchmark feeds ids).
+make_gpt2() {
+  local dir=$1
+  "$venv/bin/python" - "$dir" "$repo/tests/fixtures/tiny-gpt2-rm" <<'PY'
+import shutil, sys, torch
+from transformers import GPT2Config, GPT2Model
+out, fixture = sys.argv[1:]
+torch.manual_seed(0)
+GPT2Model(GPT2Config()).save_pretrained(out)
+for name in ("tokenizer.json", "tokenizer_config.json"):
+    shutil.copy(f"{fixture}/{name}", f"{out}/{name}")
+PY
+}
+
 # Runs a command in its own process; prints its JSON line with the process's peak resident bytes added.
 measure() {
   local out=$1
@@ -82,9 +98,12 @@ for backbone in "${backbone_list[@]}"; do
   case $backbone in
     minilm) model=$repo/models/all-MiniLM-L6-v2 ;;
     deberta-v3-base) model=$work/deberta-v3-base-random; [ -d "$model" ] || make_deberta "$model" >&2 ;;
-    *) echo "unknown backbone $backbone (minilm, deberta-v3-base)" >&2; exit 2 ;;
+    gpt2) model=$work/gpt2-random; [ -d "$model" ] || make_gpt2 "$model" >&2 ;;
+    *) echo "unknown backbone $backbone (minilm, deberta-v3-base, gpt2)" >&2; exit 2 ;;
   esac
-  for mode in infer infer_bf16 train_full train_lora; do
+  modes="infer infer_bf16 train_full train_lora"
+  [ "$backbone" != gpt2 ] || modes="infer infer_bf16 train_full"
+  for mode in $modes; do
     echo "== $backbone $mode" >&2
     RAYON_NUM_THREADS=$threads measure "$work/$backbone-$mode-rmroute.json" \
       "$bin" "$mode" --model "$model" --warmup "$warmup" --iters "$iters"
@@ -100,7 +119,8 @@ done
 import json, os, platform, subprocess, sys
 work, backbones, threads = sys.argv[1], sys.argv[2].split(","), sys.argv[3]
 import torch, transformers
-names = {"minilm": "all-MiniLM-L6-v2 (22.7M)", "deberta-v3-base": "DeBERTa-v3-base shape, random (184M)"}
+names = {"minilm": "all-MiniLM-L6-v2 (22.7M)", "deberta-v3-base": "DeBERTa-v3-base shape, random (184M)",
+         "gpt2": "GPT-2 shape, random (124M)"}
 modes = {"infer": "scoring, s per batch (32 x 128)", "infer_bf16": "scoring in bf16 (`--dtype bf16`) vs PyTorch f32",
          "train_full": "full fine-tuning, s per step (16 pairs)",
          "train_lora": "LoRA r 8 q/k/v/attn-out, s per step"}
@@ -111,6 +131,8 @@ print("| backbone | work | rmroute | PyTorch | speed vs PyTorch | peak memory rm
 print("|---|---|---:|---:|---:|---:|")
 for backbone in backbones:
     for mode, label in modes.items():
+        if not os.path.exists(f"{work}/{backbone}-{mode}-rmroute.json"):
+            continue
         ours = json.load(open(f"{work}/{backbone}-{mode}-rmroute.json"))
         ref = "infer" if mode == "infer_bf16" else mode
         theirs_own = json.load(open(f"{work}/{backbone}-{ref}-torch-own.json"))["results"][ref]

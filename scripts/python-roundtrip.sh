@@ -5,7 +5,16 @@
 #                      and give the rewards `rmroute score` gives, both truncation strategies, short and
 #                      long pairs, each input alone and in a padded batch;
 #   Python -> rmroute  a PEFT LoRA adapter and a fully fine-tuned model trained in Python score the same
-#                      in `rmroute score` (--adapter DIR, --model DIR).
+#                      in `rmroute score` (--adapter DIR, --model DIR);
+#   RODOS/ARLISS/DMoERM tiny runs on MiniLM: the routers (in transformers/PEFT) route as rmroute does and
+#                      the routed model or adapter gives rmroute's reward;
+#   GPT-2              on the tiny random GPT2ForSequenceClassification in tests/fixtures/tiny-gpt2-rm (a
+#                      decoder: reward at the last non-pad token; LoRA on Conv1D c_attn/c_proj,
+#                      fan_in_fan_out): a BaseLoRA run loads in transformers (merged RUN) and PEFT
+#                      (RUN/adapters/default), each ARLISS domain adapter (RUN/stages/rm-<domain>) and its
+#                      router adapter load in PEFT, and a PEFT adapter trained in Python scores in rmroute,
+#                      all with rmroute's rewards alone and in batches padded right and left; PEFT must hold
+#                      every tensor of each adapter_model.safetensors, the score head among them.
 # Every reward must agree within 1e-4; prints a table and "roundtrip: N checks passed, M failed", and
 # exits non-zero on any failure. The checks themselves are in scripts/python_roundtrip.py.
 #
@@ -44,7 +53,7 @@ echo "== work directory $work"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=false
 status=0
 "$venv/bin/python" scripts/python_roundtrip.py --rmroute "$bin" --prepared "$work/prepared" --work "$work" \
-  --backbone models/all-MiniLM-L6-v2 || status=$?
+  --backbone models/all-MiniLM-L6-v2 --gpt2 tests/fixtures/tiny-gpt2-rm || status=$?
 
 if [ "$status" -eq 0 ] && [ "${KEEP_WORK:-0}" != 1 ]; then
   rm -rf "$work"

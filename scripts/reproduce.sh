@@ -6,10 +6,13 @@
 #   scripts/reproduce.sh                  # the paper (a GPU): Baseline on DeBERTa-v3-large and -base, the
 #                                         #   other methods on DeBERTa-v3-base, seeds 1-5
 #   scripts/reproduce.sh --quick          # a slice for 2 CPU cores, checked against tests/expected/quick-table.json
+#   scripts/reproduce.sh --table7         # Appendix E's Table 7 (a GPU): Baseline on DeBERTa-v3 large, base,
+#                                         #   small and xsmall, BERT-base, BERT-small, RoBERTa-base and GPT-2
 #
 # Options:
 #   --quick               SPLADE-tiny, 2,000 training pairs per domain, 1 epoch, 2 seeds, every test pair; the
 #                         table is compared with the expected one (about 20 minutes on 2 cores)
+#   --table7              the Table 7 set above, seeds 1-5 (not with --quick, --methods or --backbone)
 #   --methods a,b         of baseline, baselora, more, rodos, arliss, dmoerm (default: all)
 #   --seeds 1,2,3         default 1,2,3,4,5 (quick: 1,2)
 #   --backbone NAME       a configs/<method>-NAME.json family: deberta-v3-large, deberta-v3-base, minilm,
@@ -18,6 +21,9 @@
 #                         (default: ../shared/data, the shared real HH-RLHF, HellaSwag and OASST)
 #   --out DIR             default: reproduce/ (quick: reproduce-quick/)
 #   --device DEV          cpu, cuda or cuda:N (default: cuda, quick: cpu)
+#   --backbone-path NAME=DIR   train configs/<method>-NAME.json on the checkpoint in DIR instead of its hub id
+#                         (repeatable; e.g. a local copy of the hub, or tiny checkpoints to try the mechanics)
+#   --max-length N        every config's max_length (e.g. for a GPU with less memory than the paper's)
 #   --expected FILE       quick: the table to compare with (default: tests/expected/quick-table.json)
 #   --save-expected       quick: write this run's table as the expected one instead of comparing (refresh it
 #                         on purpose: after a change that is meant to move the figures)
@@ -29,10 +35,14 @@
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
-quick=0 methods="" seeds="" backbone="" data="" out="" device="" expected="" save_expected=0
+quick=0 table7=0 methods="" seeds="" backbone="" data="" out="" device="" expected="" save_expected=0 max_length=""
+backbone_paths=()
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1 ;;
+    --table7) table7=1 ;;
+    --backbone-path) backbone_paths+=("$2"); shift ;;
+    --max-length) max_length=$2; shift ;;
     --methods) methods=$2; shift ;;
     --seeds) seeds=$2; shift ;;
     --backbone) backbone=$2; shift ;;
@@ -41,7 +51,7 @@ while [ $# -gt 0 ]; do
     --device) device=$2; shift ;;
     --expected) expected=$2; shift ;;
     --save-expected) save_expected=1 ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see $0 --help)" >&2; exit 2 ;;
   esac
   shift
@@ -56,7 +66,19 @@ if [ "$save_expected" = 1 ] && [ "$quick" = 0 ]; then
   echo "--save-expected writes the quick slice's expected table: pass --quick too" >&2
   exit 2
 fi
-if [ "$quick" = 1 ]; then
+# Table 7's backbones, in the paper's row order.
+TABLE7_BACKBONES="deberta-v3-large deberta-v3-base deberta-v3-small deberta-v3-xsmall bert-base bert-small roberta-base gpt2"
+if [ "$table7" = 1 ] && { [ "$quick" = 1 ] || [ -n "$methods" ] || [ -n "$backbone" ]; }; then
+  echo "--table7 is its own set (Baseline on Table 7's backbones): leave out --quick, --methods and --backbone" >&2
+  exit 2
+fi
+if [ "$table7" = 1 ]; then
+  methods=baseline
+  seeds=${seeds:-1,2,3,4,5}
+  backbone=table7
+  out=${out:-reproduce-table7}
+  device=${device:-cuda}
+elif [ "$quick" = 1 ]; then
   methods=${methods:-baseline,baselora,more,rodos,arliss,dmoerm}
   seeds=${seeds:-1,2}
   backbone=${backbone:-splade-tiny}
@@ -77,6 +99,11 @@ data=$(absolute "$data")
 out=$(absolute "${out}")
 [ -n "$expected" ] && expected=$(absolute "$expected")
 [ -n "${RMROUTE_BIN:-}" ] && RMROUTE_BIN=$(absolute "$RMROUTE_BIN")
+for i in ${backbone_paths[@]+"${!backbone_paths[@]}"}; do
+  given=${backbone_paths[$i]}
+  case $given in *=*) backbone_paths[$i]="${given%%=*}=$(absolute "${given#*=}")" ;; esac
+done
+case $max_length in ''|*[!0-9]*|0) [ -z "$max_length" ] || { echo "--max-length takes a positive number, got $max_length" >&2; exit 2; } ;; esac
 cd "$repo"
 if [ "$quick" = 1 ] && [ "$save_expected" = 0 ] && [ ! -f "$expected" ]; then
   echo "no expected table at $expected: make one from a run you trust with --save-expected" >&2
@@ -104,7 +131,7 @@ run() {
   echo "git: $(git rev-parse HEAD 2>/dev/null || echo unknown)$([ -z "$(git status --porcelain 2>/dev/null)" ] || echo ' (with local changes)')"
   echo "rustc: $(rustc --version 2>/dev/null || echo unknown)"
   echo "host: $(uname -srm), $(nproc) cores"
-  echo "options: quick=$quick methods=$methods seeds=$seeds backbone=$backbone data=$data device=$device"
+  echo "options: quick=$quick table7=$table7 methods=$methods seeds=$seeds backbone=$backbone data=$data device=$device max_length=${max_length:-config} backbone_paths=${backbone_paths[*]:-none}"
 } >> "$out/versions.txt"
 echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ)" >> "$log"
 
@@ -152,7 +179,9 @@ for method in "${method_list[@]}"; do
     baseline|baselora|more|rodos|arliss|dmoerm) ;;
     *) echo "unknown method $method (baseline, baselora, more, rodos, arliss, dmoerm)" >&2; exit 2 ;;
   esac
-  if [ "$backbone" = paper ]; then
+  if [ "$backbone" = table7 ]; then
+    for family in $TABLE7_BACKBONES; do plan+=("baseline:$family"); done
+  elif [ "$backbone" = paper ]; then
     [ "$method" = baseline ] && plan+=("baseline:deberta-v3-large")
     plan+=("$method:deberta-v3-base")
   else
@@ -163,6 +192,25 @@ for entry in "${plan[@]}"; do
   source_config=configs/${entry%%:*}-${entry#*:}.json
   [ -f "$source_config" ] || { echo "no $source_config: ${entry%%:*} has no config for backbone ${entry#*:}" >&2; exit 2; }
 done
+# --backbone-path NAME=DIR: each NAME must be one the plan trains, and DIR a directory.
+backbone_dir() { # NAME -> the directory given for it, or nothing
+  local given
+  for given in ${backbone_paths[@]+"${backbone_paths[@]}"}; do
+    [ "${given%%=*}" = "$1" ] && { absolute "${given#*=}"; return; }
+  done
+}
+for given in ${backbone_paths[@]+"${backbone_paths[@]}"}; do
+  name=${given%%=*} dir=${given#*=}
+  case $given in *=*) ;; *) echo "--backbone-path takes NAME=DIR, got $given" >&2; exit 2 ;; esac
+  printf '%s\n' "${plan[@]}" | grep -q ":$name\$" || { echo "--backbone-path $name: no config of this run uses backbone $name (${plan[*]})" >&2; exit 2; }
+  [ -d "$dir" ] || { echo "--backbone-path $name=$dir: no such directory" >&2; exit 2; }
+done
+# The tables name a backbone by its directory's last component: two directories must not share one.
+shared_names=$(for given in ${backbone_paths[@]+"${backbone_paths[@]}"}; do basename "${given#*=}"; done | sort | uniq -d)
+if [ -n "$shared_names" ]; then
+  echo "--backbone-path: the tables name a backbone by its directory's name, and several are called $shared_names: rename one" >&2
+  exit 2
+fi
 
 for entry in "${plan[@]}"; do
   method=${entry%%:*} family=${entry#*:}
@@ -173,16 +221,21 @@ for entry in "${plan[@]}"; do
   source_config=configs/$method-$family.json
   config=$out/configs/$method-$family.json
   # The config as run: the repository's, with the data, device and (quick) the slice written in.
-  python3 - "$source_config" "$config" "$prepared" "$device" "$quick" "$QUICK_PAIRS" "$QUICK_EVAL_PAIRS" <<'PY'
+  python3 - "$source_config" "$config" "$prepared" "$device" "$quick" "$QUICK_PAIRS" "$QUICK_EVAL_PAIRS" \
+    "$(backbone_dir "$family")" "$max_length" <<'PY'
 import json, sys
-source, target, data, device, quick, pairs, eval_pairs = sys.argv[1:]
+source, target, data, device, quick, pairs, eval_pairs, backbone_dir, max_length = sys.argv[1:]
 cfg = json.load(open(source))
 cfg.update({"data": data, "device": device})
+if backbone_dir:
+    cfg["backbone"] = backbone_dir
 if quick == "1":
     cfg.update({"epochs": 1, "max_pairs": int(pairs), "max_length": 128, "batch_size": 16, "lr": 2e-4,
                 "warmup_ratio": 0.1, "log_every": 5})
     if eval_pairs:
         cfg["max_eval_pairs"] = int(eval_pairs)
+if max_length:
+    cfg["max_length"] = int(max_length)
 json.dump(cfg, open(target, "w"), indent=2)
 PY
   for seed in "${seed_list[@]}"; do

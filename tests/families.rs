@@ -53,18 +53,15 @@ fn check_family(name: &str) -> (serde_json::Value, RewardModel) {
     let mut cut = 0;
     for (i, (prompt, response)) in refs.iter().enumerate() {
         let row = model.tokens.encode_row(prompt, response).unwrap();
-        let expected: Vec<u32> = reference["pairs"][i]["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let expected: Vec<u32> =
+            reference["pairs"][i]["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         assert_eq!(row.ids, expected, "{name}: token ids of pair {i}");
         cut += usize::from(row.truncated);
     }
     assert!(cut >= 2, "{name}: the fixture should hold pairs longer than max_length ({cut} cut)");
     let alone: Vec<f32> = refs.iter().flat_map(|pair| model.score(&[*pair], 1, &Adapters::None).unwrap()).collect();
-    let expected_alone: Vec<f32> = reference["pairs"].as_array().unwrap().iter().map(|p| p["alone"].as_f64().unwrap() as f32).collect();
+    let expected_alone: Vec<f32> =
+        reference["pairs"].as_array().unwrap().iter().map(|p| p["alone"].as_f64().unwrap() as f32).collect();
     assert_close(&alone, &expected_alone, &format!("{name}: alone"));
     let batch = model.score(&refs, refs.len(), &Adapters::None).unwrap();
     assert_close(&batch, &floats(&reference["batch_right"]), &format!("{name}: right-padded batch"));
@@ -97,4 +94,34 @@ fn gpt2_matches_transformers_with_either_padding_side_and_any_pad_id() {
         let other_pad = model.score(&refs, refs.len(), &Adapters::None).unwrap();
         assert_close(&other_pad, &floats(&reference["batch_right"]), &format!("gpt2: pad id 0, {side:?} padding"));
     }
+}
+
+/// Without `pad_token_id` in the config, GPT-2 pads with the eos (transformers' rule), gives the same
+/// rewards, and names that id in the config of what it saves (transformers refuses batches without one).
+#[test]
+fn gpt2_without_a_pad_token_pads_with_the_eos_and_saves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in std::fs::read_dir(fixture_dir("tiny-gpt2-rm")).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(&file, dir.path().join(file.file_name().unwrap())).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    config.as_object_mut().unwrap().remove("pad_token_id");
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+
+    let (reference, _) = load("tiny-gpt2-rm");
+    let mut model = RewardModel::load(dir.path(), &LoadOptions::default()).unwrap();
+    model.set_limits(reference["max_length"].as_u64().unwrap() as usize, Truncation::LongestFirst).unwrap();
+    assert_eq!(model.tokens.pad_id, config["eos_token_id"].as_u64().unwrap() as u32);
+    let pairs = pairs(&reference);
+    let refs: Vec<(&str, &str)> = pairs.iter().map(|(p, r)| (p.as_str(), r.as_str())).collect();
+    let batch = model.score(&refs, refs.len(), &Adapters::None).unwrap();
+    assert_close(&batch, &floats(&reference["batch_right"]), "gpt2 without pad_token_id");
+
+    let saved = tempfile::tempdir().unwrap();
+    model.save_pretrained(saved.path()).unwrap();
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(saved.path().join("config.json")).unwrap()).unwrap();
+    assert_eq!(written["pad_token_id"], config["eos_token_id"]);
 }

@@ -30,6 +30,8 @@ fn lora() -> LoraConfig {
             "query",
             "key",
             "value",
+            "c_attn",
+            "c_proj",
         ]),
     }
 }
@@ -41,6 +43,17 @@ fn loss(model: &RewardModel, ctx: &Ctx) -> Tensor {
     let rewards = model.forward(&batch, ctx).unwrap();
     let n = PAIRS.len();
     pairwise_loss(&rewards.narrow(0, 0, n).unwrap(), &rewards.narrow(0, n, n).unwrap()).unwrap()
+}
+
+/// A tiny random checkpoint of `family` with its head: written here (DeBERTa, BERT) or as transformers
+/// wrote it (RoBERTa, GPT-2).
+fn tiny_checkpoint(family: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    match family {
+        "deberta" => common::write_tiny_deberta(dir, 1, &common::TinyDeberta::default()),
+        "bert" => common::write_tiny_bert(dir, 1, true, true),
+        other => return common::repo_fixture(&format!("tiny-{other}-rm")),
+    }
+    dir.to_path_buf()
 }
 
 fn assert_all_grads_nonzero(model: &RewardModel, adapters: &[&str], ctx: &Ctx, expected_min: usize) {
@@ -61,28 +74,23 @@ fn assert_all_grads_nonzero(model: &RewardModel, adapters: &[&str], ctx: &Ctx, e
 
 #[test]
 fn every_trainable_tensor_gets_a_gradient_full_fine_tuning() {
-    for arch in ["deberta", "bert"] {
+    for arch in ["deberta", "bert", "roberta", "gpt2"] {
         let dir = tempfile::tempdir().unwrap();
-        match arch {
-            "deberta" => common::write_tiny_deberta(dir.path(), 1, &common::TinyDeberta::default()),
-            _ => common::write_tiny_bert(dir.path(), 1, true, true),
-        }
+        let checkpoint = tiny_checkpoint(arch, dir.path());
         let opts = LoadOptions { train_encoder: true, ..Default::default() };
-        let model = RewardModel::load(dir.path(), &opts).unwrap();
-        // Encoder (every layer, norm, embedding table) and head; DeBERTa's 2 layers have 16 tensors each.
-        assert_all_grads_nonzero(&model, &[], &Ctx::train(3), 30);
+        let model = RewardModel::load(&checkpoint, &opts).unwrap();
+        // Encoder (every layer, norm, embedding table) and head; DeBERTa's 2 layers have 16 tensors each,
+        // GPT-2's 12 (with 2 embedding tables, the final norm and the bias-free `score`: 29 in all).
+        let expected = if arch == "gpt2" { 29 } else { 30 };
+        assert_all_grads_nonzero(&model, &[], &Ctx::train(3), expected);
     }
 }
 
 #[test]
 fn every_adapter_tensor_and_head_gets_a_gradient_and_the_base_none() {
-    for arch in ["deberta", "bert"] {
+    for arch in ["deberta", "bert", "roberta", "gpt2"] {
         let dir = tempfile::tempdir().unwrap();
-        match arch {
-            "deberta" => common::write_tiny_deberta(dir.path(), 1, &common::TinyDeberta::default()),
-            _ => common::write_tiny_bert(dir.path(), 1, true, true),
-        }
-        let mut model = RewardModel::load(dir.path(), &LoadOptions::default()).unwrap();
+        let mut model = RewardModel::load(&tiny_checkpoint(arch, dir.path()), &LoadOptions::default()).unwrap();
         model.add_adapter("hh", &lora(), 5).unwrap();
         // B starts at zero, so A's gradient is zero at the first step: move B off zero first, as one
         // optimizer step would.
@@ -94,12 +102,17 @@ fn every_adapter_tensor_and_head_gets_a_gradient_and_the_base_none() {
         let vars = model.trainable_vars(&["hh"]);
         let names: Vec<&String> = vars.iter().map(|(n, _)| n).collect();
         assert!(
-            names.iter().all(|n| n.contains("lora_") || n.contains("classifier") || n.contains("pooler")),
+            names
+                .iter()
+                .all(|n| n.contains("lora_") || ["classifier", "pooler", "score"].iter().any(|h| n.contains(h))),
             "{names:?}"
         );
-        // 2 layers × 6 targeted linears × (A, B), plus the adapter's head (4 tensors).
+        // 2 layers × 6 targeted linears × (A, B), plus the adapter's head (4 tensors); GPT-2 has 3
+        // targeted Conv1D layers (c_attn and both c_proj) and a one-tensor `score` head.
+        let expected = if arch == "gpt2" { 2 * 3 * 2 + 1 } else { 28 };
+        assert_eq!(vars.len(), expected, "{arch}: {names:?}");
         let ctx = Ctx::train(3).with_adapters(Adapters::One("hh".into()));
-        assert_all_grads_nonzero(&model, &["hh"], &ctx, 28);
+        assert_all_grads_nonzero(&model, &["hh"], &ctx, expected);
         // and no frozen base weight is even in the graph's gradients
         let grads = loss(&model, &ctx).backward().unwrap();
         for layer in model.encoder.lora_linears() {
@@ -112,17 +125,49 @@ fn every_adapter_tensor_and_head_gets_a_gradient_and_the_base_none() {
 fn finite_differences_agree_with_the_pairwise_loss_gradient() {
     let dir = tempfile::tempdir().unwrap();
     common::write_tiny_deberta(dir.path(), 2, &common::TinyDeberta::default());
-    let model = RewardModel::load(dir.path(), &LoadOptions { train_encoder: true, ..Default::default() }).unwrap();
+    let patterns = [
+        "classifier.weight",
+        "layer.0.attention.self.query_proj.weight",
+        "rel_embeddings.weight",
+        "encoder.LayerNorm.weight",
+    ];
+    check_finite_differences(dir.path(), &patterns);
+}
+
+/// RoBERTa (positions counted from the padding index, head on `<s>`) and GPT-2 (Conv1D weights trained
+/// through their transposed view, causal attention, the head on the last real token).
+#[test]
+fn finite_differences_agree_on_roberta_and_gpt2() {
+    let roberta = [
+        "layer.0.attention.self.query.weight",
+        "layer.1.output.dense.weight",
+        "embeddings.position_embeddings.weight",
+        "classifier.dense.weight",
+        "classifier.out_proj.weight",
+    ];
+    check_finite_differences(&common::repo_fixture("tiny-roberta-rm"), &roberta);
+    let gpt2 = [
+        "h.0.attn.c_attn.weight",
+        "h.1.mlp.c_fc.weight",
+        "h.1.attn.c_proj.weight",
+        "wpe.weight",
+        "ln_f.weight",
+        "score.weight",
+    ];
+    check_finite_differences(&common::repo_fixture("tiny-gpt2-rm"), &gpt2);
+}
+
+/// For each tensor whose name contains one of `patterns`, the analytic gradient of the pairwise loss at
+/// its largest element against a central difference.
+fn check_finite_differences(checkpoint: &std::path::Path, patterns: &[&str]) {
+    let model = RewardModel::load(checkpoint, &LoadOptions { train_encoder: true, ..Default::default() }).unwrap();
     let ctx = Ctx::eval();
     let grads = loss(&model, &ctx).backward().unwrap();
     let vars = model.trainable_vars(&[]);
-    let mut checked = 0;
-    for (name, var) in vars.iter().filter(|(n, _)| {
-        n.contains("classifier.weight")
-            || n.contains("layer.0.attention.self.query_proj.weight")
-            || n.contains("rel_embeddings")
-            || n.ends_with("encoder.LayerNorm.weight")
-    }) {
+    for pattern in patterns {
+        let found: Vec<_> = vars.iter().filter(|(n, _)| n.ends_with(pattern)).collect();
+        assert_eq!(found.len(), 1, "{pattern} in {:?}", vars.iter().map(|(n, _)| n).collect::<Vec<_>>());
+        let (name, var) = found[0];
         let analytic = grads.get(var.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let original = var.as_tensor().copy().unwrap();
         let flat = original.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -140,9 +185,7 @@ fn finite_differences_agree_with_the_pairwise_loss_gradient() {
         let numeric = (at(eps) - at(-eps)) / (2.0 * eps as f64);
         let rel = (numeric - analytic[i] as f64).abs() / analytic[i].abs().max(1e-3) as f64;
         assert!(rel < 2e-2, "{name}[{i}]: numeric {numeric} vs analytic {}", analytic[i]);
-        checked += 1;
     }
-    assert_eq!(checked, 4);
 }
 
 fn rewards(model: &RewardModel, adapters: &Adapters) -> Vec<f32> {
@@ -235,6 +278,45 @@ fn merged_adapter_model_saved_as_checkpoint_gives_the_same_rewards() {
     assert_eq!(config["architectures"][0], "BertForSequenceClassification");
     let tensors = candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu).unwrap();
     assert!(tensors.contains_key("bert.pooler.dense.weight") && tensors.contains_key("classifier.bias"));
+}
+
+/// RoBERTa and GPT-2 adapters: PEFT's layout (GPT-2's Conv1D layers with `fan_in_fan_out: true`) read
+/// back bit for bit, merged equals unmerged, and the merged checkpoint keeps each family's layout
+/// (GPT-2's `c_attn` stored (in, out) as transformers' Conv1D holds it).
+#[test]
+fn roberta_and_gpt2_adapters_round_trip_in_peft_layout_and_merge() {
+    for (family, fan_in_fan_out, conv) in
+        [("roberta", false, None), ("gpt2", true, Some(("transformer.h.0.attn.c_attn.weight", [32, 96])))]
+    {
+        let base = common::repo_fixture(&format!("tiny-{family}-rm"));
+        let mut model = RewardModel::load(&base, &LoadOptions::default()).unwrap();
+        model.add_adapter("x", &lora(), 1).unwrap();
+        perturb_adapter(&model, "x");
+        let with_adapter = rewards(&model, &Adapters::One("x".into()));
+        assert_ne!(with_adapter, rewards(&model, &Adapters::None), "{family}: the adapter matters");
+
+        let saved = tempfile::tempdir().unwrap();
+        model.save_adapter("x", saved.path(), family).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(saved.path().join("adapter_config.json")).unwrap()).unwrap();
+        assert_eq!(config["fan_in_fan_out"].as_bool(), Some(fan_in_fan_out), "{family}");
+        let mut reloaded =
+            RewardModel::load(&base, &LoadOptions { seed: 5, new_head: true, ..Default::default() }).unwrap();
+        reloaded.load_adapter(saved.path(), "x", false).unwrap();
+        assert_eq!(with_adapter, rewards(&reloaded, &Adapters::One("x".into())), "{family}: PEFT round trip");
+
+        model.merge_adapter("x").unwrap();
+        let merged = rewards(&model, &Adapters::None);
+        assert!(close(&with_adapter, &merged, 1e-4), "{family}: {with_adapter:?} vs {merged:?}");
+        let out = tempfile::tempdir().unwrap();
+        model.save_pretrained(out.path()).unwrap();
+        let again = RewardModel::load(out.path(), &LoadOptions { seed: 99, ..Default::default() }).unwrap();
+        assert!(close(&merged, &rewards(&again, &Adapters::None), 1e-6), "{family}: merged checkpoint");
+        if let Some((name, shape)) = conv {
+            let tensors = candle_core::safetensors::load(out.path().join("model.safetensors"), &Device::Cpu).unwrap();
+            assert_eq!(tensors[name].dims(), shape, "{name} is stored as Conv1D (in, out)");
+        }
+    }
 }
 
 #[test]

@@ -193,6 +193,28 @@ fn rewards_equal_score_for_many_clients_and_bad_input_gets_a_4xx() {
     }
 }
 
+/// RoBERTa and GPT-2 (a decoder: the reward at the last real token) served to 16 clients at once, whose
+/// pairs the server batches with padding: each gets the reward its pairs have alone.
+#[test]
+fn roberta_and_gpt2_are_served_with_the_rewards_each_pair_has_alone() {
+    for family in ["roberta", "gpt2"] {
+        let model = common::repo_fixture(&format!("tiny-{family}-rm"));
+        let server = Server::start(&model, &["--max-batch", "16", "--max-wait-ms", "20"]);
+        let all: Vec<Vec<(String, String)>> = (0..16).map(|c| pairs(1 + c % 5, 3 * c)).collect();
+        let wants: Vec<Vec<f32>> = all.iter().map(|p| expected(&model, p)).collect();
+        std::thread::scope(|scope| {
+            for (mine, want) in all.iter().zip(&wants) {
+                let server = &server;
+                scope.spawn(move || {
+                    let (status, got) = server.post("/score", &body_of(mine));
+                    assert_eq!(status, 200, "{family}: {got}");
+                    close(&got["rewards"], want);
+                });
+            }
+        });
+    }
+}
+
 fn body_of(pairs: &[(String, String)]) -> serde_json::Value {
     serde_json::json!({"pairs": pairs.iter().map(|(p, r)| serde_json::json!({"prompt": p, "response": r})).collect::<Vec<_>>()})
 }

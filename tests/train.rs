@@ -5,8 +5,6 @@ mod common;
 
 use std::path::Path;
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use rmroute::backbone::encoding::Truncation;
 use rmroute::methods::config::{Method, TrainConfig};
 use rmroute::methods::{load as load_scorer, ScoreOptions};
@@ -23,32 +21,6 @@ fn train_baseline(
     opts: &RunOptions,
 ) -> anyhow::Result<std::path::PathBuf> {
     rmroute::methods::train(cfg, device, opts, None)
-}
-
-/// A preference task with a known answer: the chosen response contains the marker `w5`, the rejected
-/// one `w6` in its place; everything else is random words.
-fn write_marker_task(dir: &Path, train: usize, test: usize) {
-    let mut rng = StdRng::seed_from_u64(17);
-    let mut words = |n: usize| (0..n).map(|_| format!("w{}", rng.random_range(8..common::VOCAB))).collect::<Vec<_>>();
-    let mut write = |name: &str, n: usize| {
-        let mut text = String::new();
-        for i in 0..n {
-            let prompt = words(4).join(" ");
-            let body = words(5);
-            let at = i % 5;
-            let mut chosen = body.clone();
-            chosen.insert(at, "w5".into());
-            let mut rejected = body;
-            rejected.insert(at, "w6".into());
-            let record = serde_json::json!({"id": format!("dahoas/{name}/{i}"), "domain": "dahoas", "prompt": prompt,
-                "chosen": chosen.join(" "), "rejected": rejected.join(" ")});
-            text.push_str(&format!("{record}\n"));
-        }
-        std::fs::create_dir_all(dir.join("dahoas")).unwrap();
-        std::fs::write(dir.join("dahoas").join(format!("{name}.jsonl")), text).unwrap();
-    };
-    write("train", train);
-    write("test", test);
 }
 
 fn config(backbone: &Path, data: &Path, out: &Path) -> TrainConfig {
@@ -87,7 +59,7 @@ fn quiet() -> RunOptions {
 fn baseline_learns_the_marker_task() {
     let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     common::write_tiny_bert(base.path(), 1, true, false);
-    write_marker_task(data.path(), 160, 100);
+    common::write_marker_task(data.path(), 160, 100);
     let cfg = config(base.path(), data.path(), &out.path().join("run"));
     let run = train_baseline(&cfg, candle_core::Device::Cpu, &quiet()).unwrap();
     let accuracy = test_accuracy(&run, data.path());
@@ -96,13 +68,35 @@ fn baseline_learns_the_marker_task() {
     assert_eq!((meta.method.as_str(), meta.steps, meta.epoch_seconds.len()), ("baseline", 60, 6));
 }
 
+/// The Appendix E families learn it too: RoBERTa (head on `<s>`) and GPT-2 (head on the last real
+/// token), fully fine-tuned, and GPT-2 with LoRA on its Conv1D `c_attn` and `c_proj`.
+#[test]
+fn roberta_and_gpt2_learn_the_marker_task() {
+    let data = tempfile::tempdir().unwrap();
+    common::write_marker_task_in(data.path(), 160, 100, common::BPE_MARKERS, &common::BPE_FILLER);
+    for (family, method) in [("roberta", Method::Baseline), ("gpt2", Method::Baseline), ("gpt2", Method::Baselora)] {
+        let out = tempfile::tempdir().unwrap();
+        let backbone = common::repo_fixture(&format!("tiny-{family}-rm"));
+        let mut cfg = config(&backbone, data.path(), &out.path().join("run"));
+        cfg.method = method;
+        if method == Method::Baselora {
+            cfg.lr = 1e-2;
+            let targets = TargetModules::names(&["c_attn", "c_proj"]);
+            cfg.lora = Some(LoraConfig { rank: 8, alpha: 16.0, dropout: 0.0, target_modules: targets });
+        }
+        let run = train_baseline(&cfg, candle_core::Device::Cpu, &quiet()).unwrap();
+        let accuracy = test_accuracy(&run, data.path());
+        assert!(accuracy >= 0.95, "{family} {method:?}: test accuracy {accuracy}");
+    }
+}
+
 /// `bucket_by_length`: batches of similar lengths still learn the task, and the same seed gives the same
 /// weights bit for bit (the batches stay seeded).
 #[test]
 fn length_bucketed_training_learns_the_marker_task_and_is_reproducible() {
     let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     common::write_tiny_bert(base.path(), 1, true, false);
-    write_marker_task(data.path(), 160, 100);
+    common::write_marker_task(data.path(), 160, 100);
     let mut cfg = config(base.path(), data.path(), &out.path().join("a"));
     cfg.bucket_by_length = true;
     let a = train_baseline(&cfg, candle_core::Device::Cpu, &quiet()).unwrap();
@@ -123,7 +117,7 @@ fn length_bucketed_training_learns_the_marker_task_and_is_reproducible() {
 fn baselora_learns_the_marker_task_and_its_run_directory_is_the_merged_model() {
     let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     common::write_tiny_deberta(base.path(), 1, &common::TinyDeberta { with_head: false, ..Default::default() });
-    write_marker_task(data.path(), 160, 100);
+    common::write_marker_task(data.path(), 160, 100);
     let mut cfg = config(base.path(), data.path(), &out.path().join("run"));
     cfg.lr = 1e-2;
     cfg.method = Method::Baselora;
@@ -200,7 +194,7 @@ fn baselora_learns_the_marker_task_and_its_run_directory_is_the_merged_model() {
 fn baselora_optimizer_holds_only_the_adapter_and_its_head() {
     let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     common::write_tiny_deberta(base.path(), 1, &common::TinyDeberta { with_head: false, ..Default::default() });
-    write_marker_task(data.path(), 32, 4);
+    common::write_marker_task(data.path(), 32, 4);
     let mut cfg = config(base.path(), data.path(), &out.path().join("run"));
     cfg.method = Method::Baselora;
     cfg.lora = Some(LoraConfig { rank: 2, alpha: 4.0, dropout: 0.0, target_modules: TargetModules::names(&["dense"]) });
@@ -225,7 +219,7 @@ fn baselora_optimizer_holds_only_the_adapter_and_its_head() {
 fn a_finished_run_is_not_overwritten_without_force() {
     let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     common::write_tiny_bert(base.path(), 2, true, false);
-    write_marker_task(data.path(), 16, 4);
+    common::write_marker_task(data.path(), 16, 4);
     let mut cfg = config(base.path(), data.path(), &out.path().join("run"));
     cfg.epochs = 1;
     let run = train_baseline(&cfg, candle_core::Device::Cpu, &quiet()).unwrap();
@@ -260,7 +254,7 @@ fn a_finished_run_is_not_overwritten_without_force() {
 fn the_truncation_used_in_training_is_recorded_and_used_for_scoring() {
     let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     common::write_tiny_bert(base.path(), 2, true, false);
-    write_marker_task(data.path(), 16, 4);
+    common::write_marker_task(data.path(), 16, 4);
     let mut cfg = config(base.path(), data.path(), &out.path().join("run"));
     (cfg.epochs, cfg.max_length, cfg.truncation) = (1, 12, Truncation::KeepPromptEnd);
     let run = train_baseline(&cfg, candle_core::Device::Cpu, &quiet()).unwrap();
@@ -280,7 +274,7 @@ fn the_truncation_used_in_training_is_recorded_and_used_for_scoring() {
 #[test]
 fn eval_samples_test_pairs_with_the_seed_and_refuses_an_empty_split() {
     let data = tempfile::tempdir().unwrap();
-    write_marker_task(data.path(), 4, 60);
+    common::write_marker_task(data.path(), 4, 60);
     let all = test_pairs(data.path(), "dahoas", None, 1).unwrap();
     let ids = |pairs: &[rmroute::data::PairRecord]| pairs.iter().map(|p| p.id.clone()).collect::<Vec<_>>();
     let a = test_pairs(data.path(), "dahoas", Some(10), 1).unwrap();
@@ -306,11 +300,29 @@ fn a_killed_length_bucketed_run_resumed_equals_the_uninterrupted_run() {
     killed_and_resumed(true);
 }
 
+/// RoBERTa and GPT-2 too (GPT-2's Conv1D weights are trained through a transposed view of what the
+/// checkpoint stores).
+#[test]
+fn killed_roberta_and_gpt2_runs_resumed_equal_the_uninterrupted_runs() {
+    for family in ["roberta", "gpt2"] {
+        killed_and_resumed_on(&common::repo_fixture(&format!("tiny-{family}-rm")), false, true);
+    }
+}
+
 fn killed_and_resumed(bucket_by_length: bool) {
-    let (base, data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let base = tempfile::tempdir().unwrap();
     common::write_tiny_bert(base.path(), 2, true, false);
-    write_marker_task(data.path(), 48, 10);
-    let mut cfg = config(base.path(), data.path(), &out.path().join("whole"));
+    killed_and_resumed_on(base.path(), bucket_by_length, false);
+}
+
+fn killed_and_resumed_on(backbone: &Path, bucket_by_length: bool, bpe: bool) {
+    let (data, out) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    if bpe {
+        common::write_marker_task_in(data.path(), 48, 10, common::BPE_MARKERS, &common::BPE_FILLER);
+    } else {
+        common::write_marker_task(data.path(), 48, 10);
+    }
+    let mut cfg = config(backbone, data.path(), &out.path().join("whole"));
     cfg.epochs = 2;
     cfg.batch_size = 8;
     cfg.grad_accum = 2;

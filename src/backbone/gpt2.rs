@@ -151,7 +151,9 @@ impl EncoderConfig for Gpt2Config {
         Ok(Box::new(Gpt2 {
             wte: vb.pp("wte").get((self.vocab_size, h), "weight")?,
             wpe: vb.pp("wpe").get((self.n_positions, h), "weight")?,
-            blocks: (0..self.n_layer).map(|i| Gpt2Block::load(vb.pp(format!("h.{i}")), self, i)).collect::<Result<_>>()?,
+            blocks: (0..self.n_layer)
+                .map(|i| Gpt2Block::load(vb.pp(format!("h.{i}")), self, i))
+                .collect::<Result<_>>()?,
             ln_f: LayerNorm::load(vb.pp("ln_f"), h, self.layer_norm_epsilon)?,
             embd_pdrop: self.embd_pdrop,
         }))
@@ -292,7 +294,13 @@ fn positions_and_causal_mask(attention_mask: &Tensor) -> Result<(Tensor, Tensor)
 }
 
 impl Encoder for Gpt2 {
-    fn forward(&self, input_ids: &Tensor, _token_type_ids: &Tensor, attention_mask: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        _token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        ctx: &Ctx,
+    ) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
         let h = self.wte.dim(1)?;
         let (positions, keep) = positions_and_causal_mask(attention_mask)?;

@@ -6,11 +6,11 @@
 //! head as a [`HeadLayout`] (the heads are built from that, in `heads/`).
 
 pub mod bert;
-pub mod gpt2;
-pub mod roberta;
 pub mod checkpoint;
 pub mod deberta;
 pub mod encoding;
+pub mod gpt2;
+pub mod roberta;
 pub mod tokenizer;
 
 use anyhow::{bail, Result};

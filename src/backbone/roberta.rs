@@ -35,9 +35,6 @@ fn read_config(checkpoint: &Checkpoint) -> anyhow::Result<Box<dyn EncoderConfig>
     if checkpoint.config.get("pad_token_id").is_none_or(|v| v.is_null()) {
         config.pad_token_id = DEFAULT_PAD;
     }
-    if checkpoint.config.get("layer_norm_eps").is_none() {
-        config.layer_norm_eps = 1e-12;
-    }
     let (h, heads) = (config.hidden_size, config.num_attention_heads);
     super::checkpoint::check_shape(h, heads, None, config.num_hidden_layers, config.vocab_size)
         .map_err(|e| checkpoint.config_error(e))?;
@@ -164,7 +161,13 @@ struct Roberta {
 }
 
 impl Encoder for Roberta {
-    fn forward(&self, input_ids: &Tensor, _token_type_ids: &Tensor, attention_mask: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    fn forward(
+        &self,
+        input_ids: &Tensor,
+        _token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        ctx: &Ctx,
+    ) -> Result<Tensor> {
         let hidden = self.embeddings.forward(input_ids, ctx)?;
         self.layers.forward(hidden, attention_mask, ctx)
     }

@@ -1,7 +1,9 @@
-//! Tokenizers from a checkpoint directory: `tokenizer.json`, or for DeBERTa-v3 the SentencePiece
+//! Tokenizers from a checkpoint directory: `tokenizer.json`; for DeBERTa-v3 the SentencePiece
 //! `spm.model`, converted to the same Unigram tokenizer transformers builds from it
 //! (`DebertaV2Converter`: normalizer Replace(`\s{2,}|[\n\r\t]` → space) → NFC → right-strip, Metaspace
-//! `▁` with a prepended space, `[CLS] A [SEP] B [SEP]` with token types 0/1, `[MASK]` appended).
+//! `▁` with a prepended space, `[CLS] A [SEP] B [SEP]` with token types 0/1, `[MASK]` appended); for BERT
+//! checkpoints that ship only `vocab.txt` (prajjwal1/bert-small), the WordPiece tokenizer
+//! `BertTokenizerFast` builds from it.
 
 use std::path::Path;
 
@@ -14,18 +16,87 @@ use tokenizers::Tokenizer;
 pub fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
     let json_path = dir.join("tokenizer.json");
     let spm_path = dir.join("spm.model");
+    let vocab_path = dir.join("vocab.txt");
     let mut tokenizer = if json_path.is_file() {
         Tokenizer::from_file(&json_path)
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("reading {}", json_path.display()))?
     } else if spm_path.is_file() {
         tokenizer_from_spm(&spm_path)?
+    } else if vocab_path.is_file() {
+        tokenizer_from_vocab(&vocab_path, do_lower_case(dir)?)?
     } else {
-        bail!("no tokenizer in {}: expected tokenizer.json or spm.model", dir.display());
+        bail!("no tokenizer in {}: expected tokenizer.json, spm.model or vocab.txt", dir.display());
     };
     tokenizer.with_truncation(None).map_err(anyhow::Error::msg)?;
     tokenizer.with_padding(None);
     Ok(tokenizer)
+}
+
+/// `do_lower_case` of the directory's `tokenizer_config.json`; true without one or without the key, as
+/// transformers' `BertTokenizer` defaults.
+pub fn do_lower_case(dir: &Path) -> Result<bool> {
+    let path = dir.join("tokenizer_config.json");
+    if !path.is_file() {
+        return Ok(true);
+    }
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)
+            .with_context(|| format!("parsing {}", path.display()))?;
+    match config.get("do_lower_case") {
+        None | Some(serde_json::Value::Null) => Ok(true),
+        Some(value) => {
+            value.as_bool().with_context(|| format!("{}: `do_lower_case` is not true or false", path.display()))
+        }
+    }
+}
+
+/// Builds the tokenizer transformers' `BertTokenizerFast` makes of a `vocab.txt` (`BertConverter`):
+/// BERT's normalizer (accents stripped when lowercasing) and pre-tokenizer, WordPiece with `##` and
+/// `[UNK]`, `[CLS] A [SEP] B [SEP]` with token types 0/1, and the special tokens matched whole in the
+/// text. A `[MASK]` the vocabulary lacks is appended, as transformers does.
+pub fn tokenizer_from_vocab(path: &Path, do_lower_case: bool) -> Result<Tokenizer> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    // Python reads the file with universal newlines and keeps the last id of a repeated token.
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    let mut vocab = serde_json::Map::new();
+    for (id, token) in text.split_terminator('\n').enumerate() {
+        vocab.insert(token.to_string(), id.into());
+    }
+    let id_of = |name: &str| vocab.get(name).and_then(|v| v.as_u64());
+    let need = |name: &str| {
+        id_of(name).with_context(|| {
+            format!("{} has no {name} token (a BERT vocab.txt needs [PAD], [UNK], [CLS] and [SEP])", path.display())
+        })
+    };
+    let (pad, unk, cls, sep) = (need("[PAD]")?, need("[UNK]")?, need("[CLS]")?, need("[SEP]")?);
+    let mask = id_of("[MASK]").unwrap_or(vocab.len() as u64);
+    let mut added = [(pad, "[PAD]"), (unk, "[UNK]"), (cls, "[CLS]"), (sep, "[SEP]"), (mask, "[MASK]")];
+    added.sort();
+    let added: Vec<serde_json::Value> = added.iter().map(|&(id, name)| special(id as usize, name)).collect();
+    let json = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true, "strip_accents": null, "lowercase": do_lower_case},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}}, {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
+            "special_tokens": {
+                "[CLS]": {"id": "[CLS]", "ids": [cls], "tokens": ["[CLS]"]},
+                "[SEP]": {"id": "[SEP]", "ids": [sep], "tokens": ["[SEP]"]}
+            }
+        },
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
+        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100, "vocab": vocab}
+    });
+    Tokenizer::from_bytes(serde_json::to_vec(&json)?)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("building the WordPiece tokenizer of {}", path.display()))
 }
 
 /// One piece of a SentencePiece model.

@@ -414,7 +414,7 @@ mod tests {
                 loaded += 1;
             }
         }
-        assert!(loaded >= 18, "{loaded} configs");
+        assert!(loaded >= 40, "{loaded} configs");
     }
 
     #[test]

@@ -172,7 +172,7 @@ impl RewardModel {
         if let Some(limit) = self.max_positions.filter(|&limit| max_length > limit) {
             bail!(
                 "max_length {max_length} is more than {} can encode: it has {limit} positions \
-                 (max_position_embeddings in its config.json). Set max_length to {limit} or less (a run trained \
+                 (from its config.json: max_position_embeddings, less pad_token_id + 1 for RoBERTa; n_positions for GPT-2). Set max_length to {limit} or less (a run trained \
                  by rmroute 0.1.0 with a longer max_length was cut at {limit}: load it with --max-length {limit})",
                 self.source
             );

@@ -216,15 +216,21 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
-    /// A key mask with the last keys of the second item masked, and a per-query mask with a row that
-    /// masks every key.
-    fn masks() -> (Tensor, Tensor) {
+    /// A key mask with the last keys of the second item masked; a per-query mask with a row that masks
+    /// every key; and a decoder's causal mask (query q sees keys up to q + 2, as after two earlier
+    /// tokens) with the second item left-padded by one key, as GPT-2 builds it.
+    fn masks() -> [Tensor; 3] {
         let keys = Tensor::new(&[[1u8, 1, 1, 1, 1], [1, 1, 1, 0, 0]], &Device::Cpu).unwrap().reshape((2, 1, 1, 5));
         let mut per_query = vec![1u8; 2 * 3 * 5];
         per_query[5..10].fill(0);
         per_query[20] = 0;
         let per_query = Tensor::from_vec(per_query, (2, 1, 3, 5), &Device::Cpu).unwrap();
-        (keys.unwrap(), per_query)
+        let mut causal = vec![0u8; 2 * 3 * 5];
+        for (item, q, k) in (0..2).flat_map(|i| (0..3).flat_map(move |q| (0..5).map(move |k| (i, q, k)))) {
+            causal[(item * 3 + q) * 5 + k] = u8::from(k <= q + 2 && !(item == 1 && k == 0));
+        }
+        let causal = Tensor::from_vec(causal, (2, 1, 3, 5), &Device::Cpu).unwrap();
+        [keys.unwrap(), per_query, causal]
     }
 
     /// A dropout mask for every score of `shape`, drawn from `seed` (none for `p` = 0).
@@ -243,7 +249,7 @@ mod tests {
     #[test]
     fn matches_the_composed_ops() {
         let scores = random(&[2, 2, 3, 5], 1);
-        for keep in [masks().0, masks().1] {
+        for keep in masks() {
             for (dropout, train) in [(0.0, false), (0.3, true)] {
                 let drop = mask(scores.dims(), if train { dropout } else { 0.0 }, 9);
                 let fused = attention_probs(&scores, &keep, 2.0, drop.as_ref()).unwrap();
@@ -259,7 +265,7 @@ mod tests {
     fn gradient_matches_autograd_and_finite_differences() {
         let scores = Var::from_tensor(&random(&[2, 2, 3, 5], 2)).unwrap();
         let weights = random(&[2, 2, 3, 5], 3);
-        for keep in [masks().0, masks().1] {
+        for keep in masks() {
             for dropout in [0.0, 0.4] {
                 let loss = |s: &Tensor, fused: bool| {
                     let drop = mask(s.dims(), dropout, 5);

@@ -1,11 +1,13 @@
-//! GELU in its exact (erf) form as one fused CPU op with its own backward pass.
+//! GELU as one fused CPU op with its own backward pass, in its exact (erf) form (BERT, DeBERTa) and in
+//! its tanh form (`gelu_new`: GPT-2).
 //!
 //! candle's `gelu_erf` evaluates a scalar, branchy erf per element and differentiates through about a
-//! dozen full-tensor ops; both showed in the profile of a MiniLM step (issue 12). Here the forward is one
-//! pass and the backward another, `grad · (Φ(x) + x·φ(x))`. erf is the Abramowitz–Stegun 7.1.26 rational
-//! form (absolute error below 1.5e-7, a few f32 ulps near 1), which is also what PyTorch's vectorised
-//! CPU erf computes; its exponential is [`simd::exp`], so both loops vectorise. The gradient has no
-//! gradient of its own (no second derivatives). Other devices and dtypes keep candle's op.
+//! dozen full-tensor ops; both showed in the profile of a MiniLM step (issue 12), and candle's tanh
+//! `gelu` differentiates through as many. Here the forward is one pass and the backward another,
+//! `grad · gelu'(x)`. erf is the Abramowitz–Stegun 7.1.26 rational form (absolute error below 1.5e-7, a
+//! few f32 ulps near 1), which is also what PyTorch's vectorised CPU erf computes; tanh is
+//! `1 − 2/(e^{2u} + 1)`; both exponentials are [`simd::exp`], so the loops vectorise. The gradient has no
+//! gradient of its own (no second derivatives). Other devices and dtypes keep candle's ops.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -19,10 +21,42 @@ const CHUNK: usize = 1 << 15;
 /// `x · Φ(x)`, with the gradient for training.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == DType::F32 {
-        x.contiguous()?.apply_op1(GeluErf)
+        x.contiguous()?.apply_op1(Gelu::<false>)
     } else {
         x.gelu_erf()
     }
+}
+
+/// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`, transformers' `gelu_new` (candle's `gelu`), with the
+/// gradient for training.
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        x.contiguous()?.apply_op1(Gelu::<true>)
+    } else {
+        x.gelu()
+    }
+}
+
+/// √(2/π) and the cubic coefficient of the tanh form.
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const CUBIC: f32 = 0.044_715;
+
+#[inline(always)]
+fn tanh(u: f32) -> f32 {
+    // e^{2u} overflows to infinity for large u, which still gives 1; very negative u gives −1.
+    1.0 - 2.0 / (simd::exp(2.0 * u) + 1.0)
+}
+
+#[inline(always)]
+fn gelu_tanh_value(x: f32) -> f32 {
+    0.5 * x * (1.0 + tanh(SQRT_2_OVER_PI * (x + CUBIC * x * x * x)))
+}
+
+/// d/dx of the tanh form: `0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)`.
+#[inline(always)]
+fn gelu_tanh_slope(x: f32) -> f32 {
+    let t = tanh(SQRT_2_OVER_PI * (x + CUBIC * x * x * x));
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * CUBIC * x * x)
 }
 
 /// erf(x) to within 1.5e-7 (Abramowitz & Stegun 7.1.26).
@@ -49,27 +83,32 @@ fn gelu_slope(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * simd::exp(-0.5 * x * x)
 }
 
-/// `out = gelu(x)`, one task's slice.
+/// `out = gelu(x)`, one task's slice; `TANH` picks the form.
 #[inline(always)]
-fn forward(out: &mut [f32], x: &[f32]) {
+fn forward<const TANH: bool>(out: &mut [f32], x: &[f32]) {
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = gelu(v);
+        *o = if TANH { gelu_tanh_value(v) } else { gelu(v) };
     }
 }
 
 /// `out = grad · gelu'(x)`, one task's slice.
 #[inline(always)]
-fn backward(out: &mut [f32], x: &[f32], grad: &[f32]) {
+fn backward<const TANH: bool>(out: &mut [f32], x: &[f32], grad: &[f32]) {
     for ((o, &v), &g) in out.iter_mut().zip(x).zip(grad) {
-        *o = g * gelu_slope(v);
+        *o = g * if TANH { gelu_tanh_slope(v) } else { gelu_slope(v) };
     }
 }
 
-struct GeluErf;
+/// The op: the erf form, or the tanh form when `TANH`.
+struct Gelu<const TANH: bool>;
 
-impl CustomOp1 for GeluErf {
+impl<const TANH: bool> CustomOp1 for Gelu<TANH> {
     fn name(&self) -> &'static str {
-        "rmroute-gelu-erf"
+        if TANH {
+            "rmroute-gelu-tanh"
+        } else {
+            "rmroute-gelu-erf"
+        }
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -78,23 +117,27 @@ impl CustomOp1 for GeluErf {
         out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(out, x)| {
             simd::vectorised(
                 #[inline(always)]
-                || forward(out, x),
+                || forward::<TANH>(out, x),
             )
         });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(arg.apply_op2_no_bwd(&grad_res.contiguous()?, &GeluErfGrad)?))
+        Ok(Some(arg.apply_op2_no_bwd(&grad_res.contiguous()?, &GeluGrad::<TANH>)?))
     }
 }
 
 /// `(x, grad) → grad · gelu'(x)`.
-struct GeluErfGrad;
+struct GeluGrad<const TANH: bool>;
 
-impl CustomOp2 for GeluErfGrad {
+impl<const TANH: bool> CustomOp2 for GeluGrad<TANH> {
     fn name(&self) -> &'static str {
-        "rmroute-gelu-erf-grad"
+        if TANH {
+            "rmroute-gelu-tanh-grad"
+        } else {
+            "rmroute-gelu-erf-grad"
+        }
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
@@ -107,7 +150,7 @@ impl CustomOp2 for GeluErfGrad {
         out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK))).for_each(|(out, (x, g))| {
             simd::vectorised(
                 #[inline(always)]
-                || backward(out, x, g),
+                || backward::<TANH>(out, x, g),
             )
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -160,6 +203,44 @@ mod tests {
             // Central difference in f64 of the same function (exact erf from the f64 path).
             let f = |x: f64| 0.5 * x * (1.0 + libm_erf(x / std::f64::consts::SQRT_2)) * (1.0 + 0.1 * f64::from(v));
             let numeric = (f(f64::from(v) + h) - f(f64::from(v) - h)) / (2.0 * h);
+            assert!(
+                (f64::from(ours[i]) - numeric).abs() < 1e-4,
+                "d/dx at {v}: {} vs finite difference {numeric}",
+                ours[i]
+            );
+        }
+        Ok(())
+    }
+
+    /// The tanh form against candle's `gelu` (the same formula) and, for the gradient, candle's autograd
+    /// and central differences of the formula in f64.
+    #[test]
+    fn tanh_form_matches_candles_gelu_and_its_gradient_finite_differences() -> Result<()> {
+        let values = inputs();
+        let x = Tensor::new(values.as_slice(), &Device::Cpu)?;
+        let ours = gelu_tanh(&x)?.to_vec1::<f32>()?;
+        let theirs = x.gelu()?.to_vec1::<f32>()?;
+        for ((a, b), v) in ours.iter().zip(&theirs).zip(&values) {
+            assert!((a - b).abs() <= 5e-7 * v.abs().max(1.0), "gelu_new({v}): {a} vs {b}");
+        }
+        let strided = Tensor::new(&[[-1f32, 0.5, 2.0], [3.0, -0.25, 0.0]], &Device::Cpu)?.t()?;
+        let diff = (gelu_tanh(&strided)? - strided.gelu()?)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "{diff}");
+
+        let var = Var::new(values.as_slice(), &Device::Cpu)?;
+        let weights = Tensor::new(values.iter().map(|v| 1.0 + 0.1 * v).collect::<Vec<f32>>().as_slice(), &Device::Cpu)?;
+        let loss = |x: &Tensor, fused: bool| -> Result<Tensor> {
+            let y = if fused { gelu_tanh(x)? } else { x.gelu()? };
+            (y * &weights)?.sum_all()
+        };
+        let ours = loss(var.as_tensor(), true)?.backward()?.get(&var).expect("a gradient").to_vec1::<f32>()?;
+        let theirs = loss(var.as_tensor(), false)?.backward()?.get(&var).expect("a gradient").to_vec1::<f32>()?;
+        let f = |x: f64| 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh());
+        let h = 1e-3f64;
+        for (i, &v) in values.iter().enumerate() {
+            assert!((ours[i] - theirs[i]).abs() < 1e-5, "d/dx at {v}: {} vs candle's {}", ours[i], theirs[i]);
+            let v = f64::from(v);
+            let numeric = (f(v + h) - f(v - h)) / (2.0 * h) * (1.0 + 0.1 * v);
             assert!(
                 (f64::from(ours[i]) - numeric).abs() < 1e-4,
                 "d/dx at {v}: {} vs finite difference {numeric}",

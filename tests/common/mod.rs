@@ -265,3 +265,49 @@ pub fn stdout_ok(output: std::process::Output) -> String {
 pub fn no_key() -> rmroute::train::stage::StageKey {
     rmroute::train::stage::StageKey::new(&(), String::new()).unwrap()
 }
+
+/// A preference task with a known answer: the chosen response contains the marker `w5`, the rejected
+/// one `w6` in its place; everything else is random words `w8`…, one token each in the word tokenizer.
+pub fn write_marker_task(dir: &Path, train: usize, test: usize) {
+    let filler: Vec<String> = (8..VOCAB).map(|i| format!("w{i}")).collect();
+    write_marker_task_in(dir, train, test, ("w5", "w6"), &filler);
+}
+
+/// Words that are one token each in the byte-level BPE of `tests/fixtures/tiny-{roberta,gpt2}-rm`
+/// (where `w5` would be two tokens that `w55` also starts with), and the markers among them.
+pub const BPE_MARKERS: (&str, &str) = ("help", "not");
+pub const BPE_FILLER: [&str; 20] = [
+    "about", "also", "and", "are", "but", "can", "for", "from", "have", "know", "like", "more", "some", "that", "the",
+    "they", "this", "use", "want", "with",
+];
+
+/// The marker task (`dahoas/{train,test}.jsonl`) with the given markers (chosen, rejected) and filler.
+pub fn write_marker_task_in<S: AsRef<str>>(dir: &Path, train: usize, test: usize, markers: (&str, &str), filler: &[S]) {
+    let mut rng = StdRng::seed_from_u64(17);
+    let mut words =
+        |n: usize| (0..n).map(|_| filler[rng.random_range(0..filler.len())].as_ref().to_string()).collect::<Vec<_>>();
+    let mut write = |name: &str, n: usize| {
+        let mut text = String::new();
+        for i in 0..n {
+            let prompt = words(4).join(" ");
+            let body = words(5);
+            let at = i % 5;
+            let mut chosen = body.clone();
+            chosen.insert(at, markers.0.into());
+            let mut rejected = body;
+            rejected.insert(at, markers.1.into());
+            let record = serde_json::json!({"id": format!("dahoas/{name}/{i}"), "domain": "dahoas", "prompt": prompt,
+                "chosen": chosen.join(" "), "rejected": rejected.join(" ")});
+            text.push_str(&format!("{record}\n"));
+        }
+        std::fs::create_dir_all(dir.join("dahoas")).unwrap();
+        std::fs::write(dir.join("dahoas").join(format!("{name}.jsonl")), text).unwrap();
+    };
+    write("train", train);
+    write("test", test);
+}
+
+/// A fixture of `tests/fixtures` (committed with the script that made it).
+pub fn repo_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
