@@ -125,3 +125,34 @@ fn gpt2_without_a_pad_token_pads_with_the_eos_and_saves_it() {
         serde_json::from_slice(&std::fs::read(saved.path().join("config.json")).unwrap()).unwrap();
     assert_eq!(written["pad_token_id"], config["eos_token_id"]);
 }
+
+/// A GPT-2 config with neither a pad nor an eos id is refused, naming the key to add: any pad id rmroute
+/// picked would be written into what it saves, and transformers would skip that token in Python.
+#[test]
+fn gpt2_without_pad_or_eos_is_an_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in std::fs::read_dir(fixture_dir("tiny-gpt2-rm")).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(&file, dir.path().join(file.file_name().unwrap())).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    config.as_object_mut().unwrap().remove("pad_token_id");
+    config["eos_token_id"] = serde_json::Value::Null;
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let err = RewardModel::load(dir.path(), &LoadOptions::default()).err().unwrap();
+    let err = format!("{err:#}");
+    assert!(err.contains("pad_token_id") && err.contains("eos_token_id"), "{err}");
+}
+
+/// Left padding on a model that reads its first token (RoBERTa's `<s>`) is refused, never a reward
+/// read at a pad.
+#[test]
+fn left_padding_is_refused_where_the_head_reads_the_first_token() {
+    let (reference, mut model) = load("tiny-roberta-rm");
+    model.tokens.padding_side = PaddingSide::Left;
+    let pairs = pairs(&reference);
+    let refs: Vec<(&str, &str)> = pairs.iter().map(|(p, r)| (p.as_str(), r.as_str())).collect();
+    let err = model.score(&refs, refs.len(), &Adapters::None).unwrap_err().to_string();
+    assert!(err.contains("padded on the right"), "{err}");
+}

@@ -100,8 +100,9 @@ fn default_eps() -> f64 {
     1e-12
 }
 
-/// `BertEmbeddings`: word, position and token-type embeddings, summed and normalised.
-struct BertEmbeddings {
+/// `BertEmbeddings`: word, position and token-type embeddings, summed and normalised (RoBERTa's too,
+/// with position ids of its own).
+pub(super) struct BertEmbeddings {
     word_embeddings: Tensor,
     position_embeddings: Tensor,
     token_type_embeddings: Tensor,
@@ -110,7 +111,7 @@ struct BertEmbeddings {
 }
 
 impl BertEmbeddings {
-    fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+    pub(super) fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
         let h = config.hidden_size;
         let embedding = |name: &str, n: usize| vb.pp(name).get((n, h), "weight");
         Ok(Self {
@@ -122,15 +123,27 @@ impl BertEmbeddings {
         })
     }
 
-    fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+    /// With `position_ids` `(batch, seq)`, or `None` for positions 0, 1, … in every row.
+    pub(super) fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        position_ids: Option<&Tensor>,
+        ctx: &Ctx,
+    ) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
         let h = self.word_embeddings.dim(1)?;
         let lookup =
             |table: &Tensor, ids: &Tensor| table.index_select(&ids.flatten_all()?, 0)?.reshape((batch, seq, h));
-        let positions = Tensor::arange(0u32, seq as u32, input_ids.device())?;
-        let embeddings = lookup(&self.word_embeddings, input_ids)?
-            .add(&lookup(&self.token_type_embeddings, token_type_ids)?)?
-            .broadcast_add(&self.position_embeddings.index_select(&positions, 0)?)?;
+        let summed =
+            lookup(&self.word_embeddings, input_ids)?.add(&lookup(&self.token_type_embeddings, token_type_ids)?)?;
+        let embeddings = match position_ids {
+            Some(ids) => summed.add(&lookup(&self.position_embeddings, ids)?)?,
+            None => {
+                let positions = Tensor::arange(0u32, seq as u32, input_ids.device())?;
+                summed.broadcast_add(&self.position_embeddings.index_select(&positions, 0)?)?
+            }
+        };
         ctx.dropout(&self.layer_norm.forward(&embeddings)?, self.dropout)
     }
 }
@@ -300,7 +313,7 @@ impl Encoder for Bert {
         attention_mask: &Tensor,
         ctx: &Ctx,
     ) -> Result<Tensor> {
-        let hidden = self.embeddings.forward(input_ids, token_type_ids, ctx)?;
+        let hidden = self.embeddings.forward(input_ids, token_type_ids, None, ctx)?;
         self.layers.forward(hidden, attention_mask, ctx)
     }
 

@@ -34,7 +34,14 @@ fn read_config(checkpoint: &Checkpoint) -> anyhow::Result<Box<dyn EncoderConfig>
     if config.n_positions == 0 {
         return Err(checkpoint.config_error("`n_positions` must be positive"));
     }
-    if let Some(pad) = config.pad_id().filter(|&pad| pad as usize >= config.vocab_size) {
+    // transformers refuses batches of a GPT-2 without either; rmroute would pad with a guess that a saved
+    // config then names, and Python would skip that token wherever it ends an input.
+    let Some(pad) = config.pad_id() else {
+        return Err(checkpoint.config_error(
+            "neither `pad_token_id` nor `eos_token_id` is set: add `\"pad_token_id\"` (GPT-2's is its eos, 50256)",
+        ));
+    };
+    if pad as usize >= config.vocab_size {
         return Err(checkpoint.config_error(format!(
             "the pad id {pad} (`pad_token_id`, else `eos_token_id`) is not below `vocab_size` {}",
             config.vocab_size

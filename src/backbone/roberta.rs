@@ -5,13 +5,13 @@
 //! (transformers' RoBERTa tokenizer returns none: every row reads type 0). The sequence-classification
 //! head is `classifier.dense` (tanh) then `classifier.out_proj` on the first token (`<s>`).
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::bert::{check_absolute_positions, BertConfig, BertLayers};
+use super::bert::{check_absolute_positions, BertConfig, BertEmbeddings, BertLayers};
 use super::{Checkpoint, Encoder, EncoderConfig, Family, HeadLayout, PoolerLayout, ReadAt};
 use crate::nn::lora::LoraLinear;
-use crate::nn::{Ctx, LayerNorm};
+use crate::nn::Ctx;
 
 /// The RoBERTa family (`model_type: roberta`).
 pub const FAMILY: Family = Family {
@@ -97,29 +97,15 @@ impl EncoderConfig for RobertaConfig {
     }
 }
 
-/// `RobertaEmbeddings`: word, position (counted from `padding_idx + 1`) and token-type embeddings,
-/// summed and normalised.
+/// `RobertaEmbeddings`: BERT's, with position ids counted from `padding_idx + 1` and token type 0.
 struct RobertaEmbeddings {
-    word_embeddings: Tensor,
-    position_embeddings: Tensor,
-    token_type_embeddings: Tensor,
-    layer_norm: LayerNorm,
-    dropout: f32,
+    embeddings: BertEmbeddings,
     padding_idx: u32,
 }
 
 impl RobertaEmbeddings {
     fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
-        let h = config.hidden_size;
-        let embedding = |name: &str, n: usize| vb.pp(name).get((n, h), "weight");
-        Ok(Self {
-            word_embeddings: embedding("word_embeddings", config.vocab_size)?,
-            position_embeddings: embedding("position_embeddings", config.max_position_embeddings)?,
-            token_type_embeddings: embedding("token_type_embeddings", config.type_vocab_size.max(1))?,
-            layer_norm: LayerNorm::load(vb.pp("LayerNorm"), h, config.layer_norm_eps)?,
-            dropout: config.hidden_dropout_prob,
-            padding_idx: config.pad_token_id as u32,
-        })
+        Ok(Self { embeddings: BertEmbeddings::load(vb, config)?, padding_idx: config.pad_token_id as u32 })
     }
 
     /// transformers' `create_position_ids_from_input_ids`: a real token's position is `padding_idx`
@@ -142,15 +128,8 @@ impl RobertaEmbeddings {
     }
 
     fn forward(&self, input_ids: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let (batch, seq) = input_ids.dims2()?;
-        let h = self.word_embeddings.dim(1)?;
-        let lookup =
-            |table: &Tensor, ids: &Tensor| table.index_select(&ids.flatten_all()?, 0)?.reshape((batch, seq, h));
-        let positions = self.position_ids(input_ids)?;
-        let embeddings = lookup(&self.word_embeddings, input_ids)?
-            .add(&lookup(&self.position_embeddings, &positions)?)?
-            .broadcast_add(&self.token_type_embeddings.get(0)?)?;
-        ctx.dropout(&self.layer_norm.forward(&embeddings)?, self.dropout)
+        let token_types = input_ids.zeros_like()?;
+        self.embeddings.forward(input_ids, &token_types, Some(&self.position_ids(input_ids)?), ctx)
     }
 }
 

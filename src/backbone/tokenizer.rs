@@ -81,22 +81,28 @@ pub fn tokenizer_from_vocab(path: &Path, do_lower_case: bool) -> Result<Tokenize
         "added_tokens": added,
         "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true, "strip_accents": null, "lowercase": do_lower_case},
         "pre_tokenizer": {"type": "BertPreTokenizer"},
-        "post_processor": {
-            "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}},
-                     {"Sequence": {"id": "B", "type_id": 1}}, {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
-            "special_tokens": {
-                "[CLS]": {"id": "[CLS]", "ids": [cls], "tokens": ["[CLS]"]},
-                "[SEP]": {"id": "[SEP]", "ids": [sep], "tokens": ["[SEP]"]}
-            }
-        },
+        "post_processor": cls_sep_template(cls, sep),
         "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
         "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100, "vocab": vocab}
     });
     Tokenizer::from_bytes(serde_json::to_vec(&json)?)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("building the WordPiece tokenizer of {}", path.display()))
+}
+
+/// `[CLS] A [SEP]` and `[CLS] A [SEP] B [SEP]` with token types 0 and 1, as BERT and DeBERTa build pairs.
+fn cls_sep_template(cls: impl Into<serde_json::Value>, sep: impl Into<serde_json::Value>) -> serde_json::Value {
+    let (cls, sep) = (cls.into(), sep.into());
+    json!({
+        "type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}},
+                 {"Sequence": {"id": "B", "type_id": 1}}, {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
+        "special_tokens": {
+            "[CLS]": {"id": "[CLS]", "ids": [cls], "tokens": ["[CLS]"]},
+            "[SEP]": {"id": "[SEP]", "ids": [sep], "tokens": ["[SEP]"]}
+        }
+    })
 }
 
 /// One piece of a SentencePiece model.
@@ -144,16 +150,7 @@ fn deberta_v3_tokenizer_json(pieces: &[Piece]) -> Result<serde_json::Value> {
             {"type": "Strip", "strip_left": false, "strip_right": true}
         ]},
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [metaspace.clone()]},
-        "post_processor": {
-            "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}},
-                     {"Sequence": {"id": "B", "type_id": 1}}, {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
-            "special_tokens": {
-                "[CLS]": {"id": "[CLS]", "ids": [cls], "tokens": ["[CLS]"]},
-                "[SEP]": {"id": "[SEP]", "ids": [sep], "tokens": ["[SEP]"]}
-            }
-        },
+        "post_processor": cls_sep_template(cls, sep),
         "decoder": metaspace,
         "model": {"type": "Unigram", "unk_id": unk, "vocab": vocab, "byte_fallback": false}
     }))

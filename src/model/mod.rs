@@ -201,12 +201,25 @@ impl RewardModel {
     /// Tokenizes `(prompt, response)` pairs as transformers' `tokenizer(prompt, response)` does,
     /// truncated by the model's strategy and padded to the longest row.
     pub fn encode(&self, pairs: &[(&str, &str)]) -> Result<Batch> {
+        self.check_padding_side()?;
         self.tokens.encode(pairs, &self.device)
     }
 
     /// Tokenizes prompts alone (a router never sees the response), truncated and padded.
     pub fn encode_prompts(&self, prompts: &[&str]) -> Result<Batch> {
+        self.check_padding_side()?;
         self.tokens.encode_prompts(prompts, &self.device)
+    }
+
+    /// Left padding only where the head reads the last real token: an encoder that reads the first
+    /// token (and counts absolute positions from the left) would read a pad.
+    fn check_padding_side(&self) -> Result<()> {
+        if self.tokens.padding_side == crate::backbone::PaddingSide::Left
+            && self.head_layout.read_at == crate::backbone::ReadAt::First
+        {
+            bail!("{} reads its first token: it must be padded on the right, not the left", self.source);
+        }
+        Ok(())
     }
 
     /// The model's own reward head; an error when the checkpoint had none and this is not training.
